@@ -1,0 +1,216 @@
+import { availableParallelism } from "node:os";
+import { basename } from "node:path";
+import {
+  type CustomBatchingPrioritizationStrategy,
+  getLlama,
+  type Llama,
+  type LlamaContext,
+  type LlamaContextSequence,
+  type LlamaModel,
+  type Token,
+} from "node-llama-cpp";
+import { Vocabulary } from "../detok/Vocabulary.ts";
+import { SluiceError } from "../errors.ts";
+import { checkGguf } from "./checkGguf.ts";
+import type { Engine, EngineInfo, SamplerConfig, StepItem, StepOutcome } from "./Engine.ts";
+import { BUNDLED_MODEL_PATH } from "./modelPath.ts";
+
+export interface LlamaEngineOptions {
+  /** Path of a local GGUF file. Defaults to the bundled model. */
+  model?: string;
+  /** Batch slots (concurrent generations). Defaults to 4. */
+  slots?: number;
+  /** Tokens per slot (prompt + generation). Defaults to the model's training context, at most 2048. */
+  contextSize?: number;
+  /** CPU threads for llama.cpp. Defaults to half the available cores (at least 1): more oversubscribes. */
+  threads?: number;
+  /** Most tokens in one step. Defaults to 512. The runtime keeps every step within it. */
+  batchSize?: number;
+  /** Model load progress, 0..1. */
+  onLoadProgress?: (progress: number) => void;
+  /** Aborts loading. */
+  signal?: AbortSignal;
+}
+
+export function defaultThreads(): number {
+  return Math.max(1, Math.floor(availableParallelism() / 2));
+}
+
+type Generator = AsyncGenerator<Token, void, undefined | Token | Token[]>;
+
+// Every item of a step is already sized by the runtime to fit the batch; decodes go first so that, should the
+// engine ever have to split, a long prefill never starves a generating slot. Must return the original items.
+const decodeFirst: CustomBatchingPrioritizationStrategy = ({ items, size }) => {
+  let left = size;
+  const result = [];
+  for (const item of [...items].sort((a, b) => a.tokens.length - b.tokens.length)) {
+    if (left <= 0) break;
+    const processAmount = Math.min(item.tokens.length, left);
+    left -= processAmount;
+    result.push({ item, processAmount });
+  }
+  return result;
+};
+
+/** node-llama-cpp on CPU: one context with a fixed pool of sequences, one sequence per slot. */
+export class LlamaEngine implements Engine {
+  readonly info: EngineInfo;
+  readonly batchSize: number;
+  readonly threads: number;
+  readonly #llama: Llama;
+  readonly #model: LlamaModel;
+  readonly #context: LlamaContext;
+  readonly #sequences: LlamaContextSequence[];
+  /** The live sampling generator of each slot, created by the slot's first sampling item. */
+  readonly #generators: (Generator | undefined)[];
+  readonly #lastSampled: (number | undefined)[];
+  #closed = false;
+
+  private constructor(
+    llama: Llama,
+    model: LlamaModel,
+    context: LlamaContext,
+    info: EngineInfo,
+    threads: number,
+  ) {
+    this.#llama = llama;
+    this.#model = model;
+    this.#context = context;
+    this.info = info;
+    this.threads = threads;
+    this.batchSize = context.batchSize;
+    this.#sequences = Array.from({ length: info.slots }, () => context.getSequence());
+    this.#generators = new Array(info.slots).fill(undefined);
+    this.#lastSampled = new Array(info.slots).fill(undefined);
+  }
+
+  static async create(options: LlamaEngineOptions = {}): Promise<LlamaEngine> {
+    const modelPath = options.model ?? BUNDLED_MODEL_PATH;
+    const slots = options.slots ?? 4;
+    const threads = options.threads ?? defaultThreads();
+    const { contextLength } = await checkGguf(modelPath);
+    const contextSize = options.contextSize ?? Math.min(contextLength || 2048, 2048);
+    const batchSize = options.batchSize ?? 512;
+    const llama = await getLlama({
+      gpu: false,
+      build: "never",
+      skipDownload: true,
+      maxThreads: threads,
+      logLevel: "error" as never,
+      progressLogs: false,
+    });
+    let model: LlamaModel | undefined;
+    try {
+      model = await llama.loadModel({
+        modelPath,
+        ...(options.onLoadProgress ? { onLoadProgress: options.onLoadProgress } : {}),
+        ...(options.signal ? { loadSignal: options.signal } : {}),
+      });
+      const context = await model.createContext({
+        sequences: slots,
+        contextSize,
+        threads,
+        batchSize,
+        batching: { itemPrioritizationStrategy: decodeFirst },
+        ...(options.signal ? { createSignal: options.signal } : {}),
+      });
+      const vocabulary = await Vocabulary.fromGgufFile(modelPath);
+      const info: EngineInfo = {
+        model: basename(modelPath),
+        slots,
+        // node-llama-cpp rounds the context up; the usable per-sequence size is what the sequence reports.
+        contextSize: context.contextSize,
+        vocabulary,
+      };
+      return new LlamaEngine(llama, model, context, info, threads);
+    } catch (cause) {
+      await model?.dispose().catch(() => {});
+      await llama.dispose().catch(() => {});
+      if (cause instanceof SluiceError) throw cause;
+      throw new SluiceError("model_load_failed", `Could not load ${modelPath}: ${(cause as Error).message}`, {
+        cause,
+      });
+    }
+  }
+
+  /** The loaded node-llama-cpp model, for what needs it beyond steps (e.g. rendering chat templates). */
+  get llamaModel(): LlamaModel {
+    return this.#model;
+  }
+
+  /** Whether the model wants a BOS token in front of a text prompt. */
+  get addBos(): boolean {
+    return this.#model.tokens.shouldPrependBosToken;
+  }
+
+  tokenize(text: string, options: { special: boolean }): number[] {
+    return this.#model.tokenize(text, options.special) as number[];
+  }
+
+  step(items: readonly StepItem[]): Promise<StepOutcome[]> {
+    if (this.#closed) return Promise.reject(new SluiceError("engine_failed", "The engine is closed."));
+    // Issued in one synchronous pass so node-llama-cpp gathers every item into one llama_decode.
+    return Promise.all(items.map((item) => this.#run(item)));
+  }
+
+  async #run(item: StepItem): Promise<StepOutcome> {
+    try {
+      if (item.sample === undefined) {
+        await this.#sequences[item.slot]!.evaluateWithoutGeneratingNewTokens(item.tokens as Token[]);
+        return { ok: true, token: undefined };
+      }
+      let generator = this.#generators[item.slot];
+      if (generator === undefined) {
+        generator = this.#startGenerator(item.slot, item.tokens, item.sample);
+      } else if (item.tokens.length !== 1 || item.tokens[0] !== this.#lastSampled[item.slot]) {
+        // The generator feeds back what it sampled; anything else would desynchronise the KV cache.
+        throw new SluiceError("internal_error", `Slot ${item.slot} was fed tokens it did not sample.`);
+      }
+      const next = await generator.next();
+      if (next.done) throw new SluiceError("engine_error", "The engine ended the sequence unexpectedly.");
+      this.#lastSampled[item.slot] = next.value;
+      return { ok: true, token: next.value };
+    } catch (error) {
+      return { ok: false, error };
+    }
+  }
+
+  #startGenerator(slot: number, tokens: readonly number[], sample: SamplerConfig): Generator {
+    const generator = this.#sequences[slot]!.evaluate(tokens as Token[], {
+      temperature: sample.temperature,
+      topK: sample.topK,
+      topP: sample.topP,
+      minP: sample.minP,
+      seed: sample.seed,
+      yieldEogToken: true,
+      contextShift: {
+        // The runtime keeps prompt + maxTokens within the context; a shift would silently drop the prompt.
+        strategy: () => {
+          throw new SluiceError("engine_error", "The slot's context is full.");
+        },
+      },
+    });
+    this.#generators[slot] = generator;
+    return generator;
+  }
+
+  async resetSlot(slot: number): Promise<void> {
+    const generator = this.#generators[slot];
+    this.#generators[slot] = undefined;
+    this.#lastSampled[slot] = undefined;
+    // The generator must have exited before the KV cache is cleared (clearing under a queued decode
+    // corrupts the sequence for every later request).
+    if (generator) await generator.return();
+    const sequence = this.#sequences[slot]!;
+    if (sequence.nextTokenIndex > 0) await sequence.clearHistory();
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await Promise.allSettled(this.#generators.map((g) => g?.return()));
+    await this.#context.dispose().catch(() => {});
+    await this.#model.dispose().catch(() => {});
+    await this.#llama.dispose().catch(() => {});
+  }
+}

@@ -1,0 +1,139 @@
+import { setTimeout as delay } from "node:timers/promises";
+import { Vocabulary } from "../detok/Vocabulary.ts";
+import { SluiceError } from "../errors.ts";
+import type { Engine, EngineInfo, StepItem, StepOutcome } from "./Engine.ts";
+import { BUNDLED_MODEL_PATH } from "./modelPath.ts";
+
+export interface ScriptedStep {
+  /** 1-based step number. */
+  step: number;
+  items: readonly StepItem[];
+}
+
+export interface ScriptedFault {
+  /** The step (1-based) at which the fault fires. */
+  step: number;
+  /** Fail only this slot's item; without it the whole step fails (an engine-wide failure). */
+  slot?: number;
+  message?: string;
+}
+
+export interface ScriptedEngineOptions {
+  /** Defaults to the bundled model's vocabulary. */
+  vocabulary?: Vocabulary;
+  /** Defaults to 4. */
+  slots?: number;
+  /** Defaults to 512. */
+  contextSize?: number;
+  /** What a request generates, given its whole prompt. When the script runs out the engine yields EOS. Defaults to the prompt itself (without special tokens). */
+  script?: (prompt: readonly number[]) => readonly number[];
+  /** Wall time of one step in ms. Defaults to 0 (one macrotask). */
+  stepMs?: number;
+  /** Awaited inside every step before it resolves: lets a test act deterministically while a step is in flight. */
+  onStep?: (step: ScriptedStep) => void | Promise<void>;
+  faults?: readonly ScriptedFault[];
+}
+
+/**
+ * A deterministic engine for tests and benchmarks of the runtime: it replays token scripts with the real
+ * vocabulary at a set step time and injects faults at chosen steps. It runs no model.
+ */
+export class ScriptedEngine implements Engine {
+  readonly info: EngineInfo;
+  /** Every step, in order, as the runtime issued it. */
+  readonly steps: ScriptedStep[] = [];
+  readonly #options: ScriptedEngineOptions;
+  readonly #byteToken = new Map<number, number>();
+  readonly #fed: number[][];
+  readonly #scripts: (readonly number[] | undefined)[];
+  readonly #cursor: number[];
+  #closed = false;
+
+  constructor(vocabulary: Vocabulary, options: ScriptedEngineOptions = {}) {
+    this.#options = options;
+    const slots = options.slots ?? 4;
+    this.info = { model: "scripted", slots, contextSize: options.contextSize ?? 512, vocabulary };
+    for (let id = 0; id < vocabulary.size; id++) {
+      const bytes = vocabulary.bytesOf(id);
+      if (bytes.length === 1 && !vocabulary.isSpecial(id) && !this.#byteToken.has(bytes[0]!)) {
+        this.#byteToken.set(bytes[0]!, id);
+      }
+    }
+    this.#fed = Array.from({ length: slots }, () => []);
+    this.#scripts = new Array(slots).fill(undefined);
+    this.#cursor = new Array(slots).fill(0);
+  }
+
+  static async create(options: ScriptedEngineOptions = {}): Promise<ScriptedEngine> {
+    const vocabulary = options.vocabulary ?? (await Vocabulary.fromGgufFile(BUNDLED_MODEL_PATH));
+    return new ScriptedEngine(vocabulary, options);
+  }
+
+  /** One token per UTF-8 byte (byte-level vocabularies have a token for each byte). */
+  tokenize(text: string): number[] {
+    const ids: number[] = [];
+    for (const byte of new TextEncoder().encode(text)) {
+      const id = this.#byteToken.get(byte);
+      if (id === undefined) throw new SluiceError("invalid_request", `No token for byte ${byte}.`);
+      ids.push(id);
+    }
+    return ids;
+  }
+
+  /** Token ids of a text, for writing scripts. */
+  encode(text: string): number[] {
+    return this.tokenize(text);
+  }
+
+  async step(items: readonly StepItem[]): Promise<StepOutcome[]> {
+    if (this.#closed) throw new SluiceError("engine_failed", "The engine is closed.");
+    const step: ScriptedStep = { step: this.steps.length + 1, items: items.map((i) => ({ ...i })) };
+    this.steps.push(step);
+    const stepMs = this.#options.stepMs ?? 0;
+    if (stepMs > 0) await delay(stepMs);
+    else await new Promise<void>((resolve) => setImmediate(resolve));
+    await this.#options.onStep?.(step);
+    const faults = (this.#options.faults ?? []).filter((f) => f.step === step.step);
+    const global = faults.find((f) => f.slot === undefined);
+    if (global)
+      throw new SluiceError(
+        "engine_failed",
+        global.message ?? `Injected engine failure at step ${step.step}.`,
+      );
+    return items.map((item): StepOutcome => {
+      const fault = faults.find((f) => f.slot === item.slot);
+      if (fault)
+        return { ok: false, error: new Error(fault.message ?? `Injected fault at step ${step.step}.`) };
+      try {
+        return { ok: true, token: this.#advance(item) };
+      } catch (error) {
+        return { ok: false, error };
+      }
+    });
+  }
+
+  #advance(item: StepItem): number | undefined {
+    const fed = this.#fed[item.slot]!;
+    fed.push(...item.tokens);
+    if (fed.length > this.info.contextSize) throw new Error(`Slot ${item.slot} overflowed its context.`);
+    if (item.sample === undefined) return undefined;
+    let script = this.#scripts[item.slot];
+    if (script === undefined) {
+      script = this.#options.script?.(fed) ?? fed.filter((id) => !this.info.vocabulary.isSpecial(id));
+      this.#scripts[item.slot] = script;
+    }
+    const cursor = this.#cursor[item.slot]!;
+    this.#cursor[item.slot] = cursor + 1;
+    return script[cursor] ?? this.info.vocabulary.eos ?? 0;
+  }
+
+  async resetSlot(slot: number): Promise<void> {
+    this.#fed[slot] = [];
+    this.#scripts[slot] = undefined;
+    this.#cursor[slot] = 0;
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+  }
+}

@@ -1,0 +1,18 @@
+export type { ChannelOptions } from "./channel/index.ts";
+export { StreamChannel } from "./channel/index.ts";
+export { OutputProcessor, StopMatcher, Utf8Decoder, Vocabulary } from "./detok/index.ts";
+export type { Engine, EngineInfo, SamplerConfig, StepItem, StepOutcome } from "./engine/Engine.ts";
+export { LlamaEngine, type LlamaEngineOptions } from "./engine/LlamaEngine.ts";
+export { BUNDLED_MODEL_PATH } from "./engine/modelPath.ts";
+export { ScriptedEngine, type ScriptedEngineOptions } from "./engine/ScriptedEngine.ts";
+export { SluiceError, type SluiceErrorCode } from "./errors.ts";
+export type { CancelRecord, RequestRecord } from "./runtime/RequestState.ts";
+export {
+  Runtime,
+  type RuntimeEvent,
+  type RuntimeOptions,
+  type RuntimeSnapshot,
+  type SlotSnapshot,
+} from "./runtime/Runtime.ts";
+export { validateStreamingSubmission } from "./runtime/validate.ts";
+export type * from "./types.ts";

@@ -1,0 +1,424 @@
+import { createStreamChannel, type StreamChannel } from "../channel/index.ts";
+import { OutputProcessor } from "../detok/index.ts";
+import type { Engine, StepItem } from "../engine/Engine.ts";
+import { LlamaEngine, type LlamaEngineOptions } from "../engine/LlamaEngine.ts";
+import { SluiceError, toChunkError } from "../errors.ts";
+import type { ChunkError, GenerationRequest, Timings } from "../types.ts";
+import { type PlannedItem, planStep } from "./planStep.ts";
+import { promptTail } from "./promptTail.ts";
+import { type Latch, type RequestRecord, RequestState } from "./RequestState.ts";
+import { RuntimeStats } from "./RuntimeStats.ts";
+import { type NormalizedRequest, validateStreamingSubmission } from "./validate.ts";
+
+export interface RuntimeOptions extends Omit<LlamaEngineOptions, "signal"> {
+  /** Use this engine instead of loading a model (ScriptedEngine, a remote engine, a shared LlamaEngine). */
+  engine?: Engine;
+  /** Most prompt tokens a slot reads per step; bounds cancel latency while prefilling. Defaults to 64. */
+  prefillChunkSize?: number;
+  /** Most requests waiting for a slot; beyond it generate() throws `queue_full`. Defaults to 256. */
+  maxQueue?: number;
+  /** maxTokens when a request has none. Defaults to 256 (capped by the room left in the context). */
+  defaultMaxTokens?: number;
+  /** Aborts model loading. */
+  signal?: AbortSignal;
+}
+
+export interface SlotSnapshot {
+  index: number;
+  /** `freeing`: finished, waiting for the engine to let go of the slot (at most the step in flight). */
+  state: "free" | "prefill" | "decode" | "freeing";
+  requestId?: string;
+  promptTokens?: number;
+  prefilled?: number;
+  generated?: number;
+}
+
+export interface RuntimeSnapshot {
+  slots: SlotSnapshot[];
+  queued: number;
+  steps: number;
+  closing: boolean;
+}
+
+export type RuntimeEvent =
+  | { type: "step"; step: number; items: readonly StepItem[]; ms: number }
+  | { type: "end"; record: RequestRecord };
+
+/**
+ * Runs many generations over a fixed set of engine slots. One loop owns the engine; each iteration frees
+ * finished slots, admits queued requests, plans one batched step, runs it, and emits what it produced.
+ */
+export class Runtime {
+  readonly engine: Engine;
+  readonly stats: RuntimeStats;
+  readonly #budget: { prefillChunk: number; maxStepTokens: number };
+  readonly #maxQueue: number;
+  readonly #defaultMaxTokens: number;
+  readonly #addBos: boolean;
+  /** Slot index → the request in it (finished ones stay until the loop frees the slot). */
+  readonly #slots: (RequestState | undefined)[];
+  /** FIFO of queued requests; cancelled ones are skipped at admission. */
+  #queue: RequestState[] = [];
+  #queueHead = 0;
+  #queued = 0;
+  /** Every request not yet finished: the finalizer closes all of them on any failure of the loop. */
+  readonly #live = new Map<string, RequestState>();
+  readonly #listeners = new Set<(event: RuntimeEvent) => void>();
+  #wake: (() => void) | undefined;
+  #closing = false;
+  #stepsCompleted = 0;
+  readonly #loop: Promise<void>;
+
+  private constructor(engine: Engine, options: RuntimeOptions) {
+    this.engine = engine;
+    this.#slots = new Array(engine.info.slots).fill(undefined);
+    const maxStepTokens = Math.max(
+      engine.info.slots + 1,
+      (engine as { batchSize?: number }).batchSize ?? 512,
+    );
+    this.#budget = { prefillChunk: Math.max(1, options.prefillChunkSize ?? 64), maxStepTokens };
+    this.#maxQueue = options.maxQueue ?? 256;
+    this.#defaultMaxTokens = options.defaultMaxTokens ?? 256;
+    this.#addBos = (engine as { addBos?: boolean }).addBos ?? engine.info.vocabulary.addBos;
+    this.stats = new RuntimeStats(engine.info.slots);
+    this.#loop = this.#run();
+  }
+
+  /** Loads the model (or takes the given engine) and starts the step loop. */
+  static async create(options: RuntimeOptions = {}): Promise<Runtime> {
+    const engine = options.engine ?? (await LlamaEngine.create(options));
+    return new Runtime(engine, options);
+  }
+
+  /** Steps the engine has completed since start. */
+  get steps(): number {
+    return this.#stepsCompleted;
+  }
+
+  /** Subscribe to step and request-end events; returns the unsubscribe function. */
+  observe(listener: (event: RuntimeEvent) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /**
+   * Submit a generation. Bad requests throw a `SluiceError` synchronously; an accepted request always ends
+   * with exactly one terminal chunk on its channel.
+   */
+  generate(request: GenerationRequest): StreamChannel {
+    if (this.#closing) throw new SluiceError("runtime_closed", "The runtime is closed; create a new one.");
+    const normalized = validateStreamingSubmission(request, {
+      info: this.engine.info,
+      tokenize: (text, opts) => this.engine.tokenize(text, opts),
+      addBos: this.#addBos,
+      defaultMaxTokens: this.#defaultMaxTokens,
+    });
+    if (this.#live.has(normalized.id)) {
+      throw new SluiceError(
+        "channel_reused",
+        `A request with id ${normalized.id} is still running; ids must be unique.`,
+        { param: "id" },
+      );
+    }
+    if (this.#queued >= this.#maxQueue) {
+      throw new SluiceError(
+        "queue_full",
+        `${this.#queued} requests are already waiting (maxQueue ${this.#maxQueue}); retry later.`,
+      );
+    }
+    return this.#accept(normalized);
+  }
+
+  #accept(request: NormalizedRequest): StreamChannel {
+    const alreadyAborted = request.signal?.aborted === true;
+    let state: RequestState | undefined;
+    const { channel, producer } = createStreamChannel({
+      id: request.id,
+      rejectOnError: request.rejectOnError,
+      onCancel: () => {
+        if (state) this.#cancel(state);
+      },
+      ...(request.signal && !alreadyAborted ? { signal: request.signal } : {}),
+    });
+    const processor = new OutputProcessor(this.engine.info.vocabulary, {
+      skipSpecialTokens: request.skipSpecialTokens,
+      stop: request.stop,
+      stopTokenIds: request.stopTokenIds,
+      streamInterval: request.streamInterval,
+      promptTail: promptTail(this.engine.info.vocabulary, request.promptTokens),
+    });
+    state = new RequestState(request, producer, processor);
+    // Armed before the request can be seen by the loop: from here on, any failure finishes it.
+    this.#live.set(request.id, state);
+    this.stats.submitted++;
+    this.#queue.push(state);
+    this.#queued++;
+    // Documented choice: an already-aborted signal is accepted and finished `cancelled` at once, like a
+    // cancel that arrives while queued, so callers have a single path to handle.
+    if (alreadyAborted) this.#cancel(state);
+    else this.#wake?.();
+    return channel;
+  }
+
+  /** The consumer stopped. The terminal chunk goes out now; the slot is freed before the next step. */
+  #cancel(state: RequestState): void {
+    if (state.phase === "finished") return;
+    state.cancelledAt = { ms: performance.now(), step: this.#stepsCompleted, phase: state.phase };
+    // A queued request never reaches the engine; a running one is evicted at the top of the next iteration.
+    this.#finish(state, { reason: "cancelled" });
+    this.#wake?.();
+  }
+
+  /**
+   * The one exit path of every request: latch the reason (first writer wins), emit the terminal chunk with
+   * everything not yet emitted, and record. Idempotent.
+   */
+  #finish(state: RequestState, latch: Latch): void {
+    state.latch(latch);
+    if (state.phase === "finished") return;
+    if (state.phase === "queued") this.#queued--;
+    state.phase = "finished";
+    state.finishedAt = performance.now();
+    const final = state.processor.take(true) ?? { tokenIds: [], text: "" };
+    const { reason, stop, error } = state.latched!;
+    const timings: Timings = state.timings();
+    state.producer.finish(final.tokenIds, final.text, {
+      reason,
+      ...(stop !== undefined ? { stop } : {}),
+      ...(error !== undefined ? { error } : {}),
+      usage: { promptTokens: state.request.promptTokens.length, completionTokens: state.generated },
+      timings,
+    });
+    this.#live.delete(state.id);
+    this.stats.finished(reason, state.generated);
+    // Without a slot there is nothing to free: the request is fully released now.
+    if (state.slot < 0) this.#noteFreed(state);
+  }
+
+  /** Slot (or queue place) of a finished request given back: completes its cancel record and reports it. */
+  #noteFreed(state: RequestState): void {
+    if (state.cancelledAt) {
+      const now = performance.now();
+      state.cancel = {
+        phase: state.cancelledAt.phase,
+        msToTerminal: state.finishedAt - state.cancelledAt.ms,
+        msToFree: state.slot < 0 ? 0 : now - state.cancelledAt.ms,
+        stepsToFree: state.slot < 0 ? 0 : this.#stepsCompleted - state.cancelledAt.step,
+        tokensAfterCancel: 0,
+      };
+      this.stats.cancelled(state.cancel);
+    }
+    this.#emit({ type: "end", record: state.record() });
+  }
+
+  #emit(event: RuntimeEvent): void {
+    for (const listener of this.#listeners) {
+      try {
+        listener(event);
+      } catch {
+        // An observer's bug must not break the loop.
+      }
+    }
+  }
+
+  async #run(): Promise<void> {
+    for (;;) {
+      try {
+        await this.#freeFinishedSlots();
+        if (this.#closing && this.#live.size === 0) return;
+        this.#admit();
+        const running = this.#slots.filter(
+          (s): s is RequestState => s !== undefined && s.phase !== "finished",
+        );
+        const planned = planStep(running, this.#budget);
+        if (planned.length === 0) {
+          await new Promise<void>((resolve) => {
+            this.#wake = resolve;
+            if (this.#queued > 0 || this.#closing) resolve();
+          });
+          this.#wake = undefined;
+          continue;
+        }
+        await this.#step(planned);
+      } catch (error) {
+        // A bug in the loop itself: the finalizer ends every request rather than leave any hanging.
+        this.#failAll("internal_error", error);
+      }
+    }
+  }
+
+  async #step(planned: PlannedItem[]): Promise<void> {
+    const items = planned.map((p) => p.item);
+    // Structurally impossible (finished slots are evicted before planning); counted so a regression shows.
+    for (const p of planned) if (p.state.cancelledAt) this.stats.tokensAfterCancel += p.item.tokens.length;
+    const started = performance.now();
+    let outcomes: Awaited<ReturnType<Engine["step"]>>;
+    try {
+      outcomes = await this.engine.step(items);
+    } catch (error) {
+      this.#stepsCompleted++;
+      this.#failAll("engine_failed", error);
+      return;
+    }
+    this.#stepsCompleted++;
+    const now = performance.now();
+    this.stats.step(now - started, items);
+    for (let i = 0; i < planned.length; i++) {
+      const { state, item } = planned[i]!;
+      // Cancelled while the step was in flight: its terminal chunk is already out; the result is dropped.
+      if (state.phase === "finished") continue;
+      const outcome = outcomes[i];
+      if (outcome === undefined || !outcome.ok) {
+        this.#finish(state, {
+          reason: "error",
+          error: toChunkError(outcome?.error ?? "missing outcome", "engine_error"),
+        });
+        continue;
+      }
+      if (item.sample === undefined) {
+        state.prefilled += item.tokens.length;
+        continue;
+      }
+      if (state.phase === "prefill") {
+        state.prefilled = state.request.promptTokens.length;
+        state.phase = "decode";
+        state.firstTokenAt = now;
+        this.stats.firstToken(now - state.submittedAt);
+      }
+      if (outcome.token === undefined) {
+        this.#finish(state, {
+          reason: "error",
+          error: { code: "engine_error", message: "The engine sampled no token." },
+        });
+        continue;
+      }
+      this.#accept1(state, outcome.token);
+    }
+    this.#emit({ type: "step", step: this.#stepsCompleted, items, ms: now - started });
+  }
+
+  /** Append one generated token: latch finish causes before emitting, then emit. */
+  #accept1(state: RequestState, token: number): void {
+    const { request, processor } = state;
+    state.lastToken = token;
+    state.generated++;
+    const hit = processor.push(token);
+    if (hit) state.latch({ reason: "stop", stop: hit.stop });
+    else if (!request.ignoreEos && this.engine.info.vocabulary.isEog(token)) state.latch({ reason: "eos" });
+    else if (state.generated >= request.maxTokens) state.latch({ reason: "length" });
+    if (state.latched) {
+      this.#finish(state, state.latched);
+      return;
+    }
+    const delta = processor.take(false);
+    if (delta) state.producer.push(delta.tokenIds, delta.text);
+  }
+
+  #admit(): void {
+    for (let slot = 0; slot < this.#slots.length && this.#queued > 0; slot++) {
+      if (this.#slots[slot] !== undefined) continue;
+      const state = this.#dequeue();
+      if (!state) return;
+      state.phase = "prefill";
+      state.slot = slot;
+      state.admittedAt = performance.now();
+      this.#queued--;
+      this.#slots[slot] = state;
+    }
+  }
+
+  #dequeue(): RequestState | undefined {
+    while (this.#queueHead < this.#queue.length) {
+      const state = this.#queue[this.#queueHead++]!;
+      if (this.#queueHead > 1024 && this.#queueHead * 2 > this.#queue.length) {
+        this.#queue = this.#queue.slice(this.#queueHead);
+        this.#queueHead = 0;
+      }
+      if (state.phase === "queued") return state;
+    }
+    return undefined;
+  }
+
+  /** Evict before the step: a finished slot costs no compute after the step in flight. */
+  async #freeFinishedSlots(): Promise<void> {
+    const resets: Promise<void>[] = [];
+    for (let slot = 0; slot < this.#slots.length; slot++) {
+      const state = this.#slots[slot];
+      if (state === undefined || state.phase !== "finished") continue;
+      resets.push(this.#resetSlot(slot, state));
+    }
+    if (resets.length > 0) await Promise.all(resets);
+  }
+
+  async #resetSlot(slot: number, state: RequestState): Promise<void> {
+    try {
+      await this.engine.resetSlot(slot);
+    } catch {
+      // A slot that cannot be reset is still handed out: the next request on it fails with an engine error
+      // rather than the runtime shrinking silently.
+    }
+    this.#slots[slot] = undefined;
+    this.#noteFreed(state);
+  }
+
+  /** The finalizer: ends every live request with an error (engine failure or a bug in the loop). */
+  #failAll(code: "engine_failed" | "internal_error", cause: unknown): void {
+    const error: ChunkError = { code, message: toChunkError(cause, code).message };
+    for (const state of [...this.#live.values()]) this.#finish(state, { reason: "error", error });
+  }
+
+  /** Requests running or waiting, for health and metrics. */
+  get load(): { active: number; queued: number; slots: number; busySlots: number } {
+    const busy = this.#slots.filter((s) => s !== undefined).length;
+    const active = this.#slots.filter((s) => s !== undefined && s.phase !== "finished").length;
+    return { active, queued: this.#queued, slots: this.#slots.length, busySlots: busy };
+  }
+
+  /** Slot by slot view of the runtime, for health pages and the playground. */
+  snapshot(): RuntimeSnapshot {
+    return {
+      slots: this.#slots.map((state, index) => {
+        if (state === undefined) return { index, state: "free" as const };
+        const phase =
+          state.phase === "finished" ? "freeing" : state.phase === "queued" ? "prefill" : state.phase;
+        return {
+          index,
+          state: phase,
+          requestId: state.id,
+          promptTokens: state.request.promptTokens.length,
+          prefilled: state.prefilled,
+          generated: state.generated,
+        };
+      }),
+      queued: this.#queued,
+      steps: this.#stepsCompleted,
+      closing: this.#closing,
+    };
+  }
+
+  /** Cancel a running or queued request by id. Returns false when no such request is live. */
+  cancel(id: string): boolean {
+    const state = this.#live.get(id);
+    if (!state) return false;
+    this.#cancel(state);
+    return true;
+  }
+
+  /**
+   * Stop accepting requests, end every live one with a terminal `cancelled` chunk (or let them finish when
+   * `drain` is true), wait for the loop to exit and release the engine.
+   */
+  async close(options: { drain?: boolean } = {}): Promise<void> {
+    if (!this.#closing) {
+      this.#closing = true;
+      if (!options.drain) for (const state of [...this.#live.values()]) this.#cancel(state);
+      this.#wake?.();
+    }
+    await this.#loop;
+    await this.engine.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}

@@ -1,0 +1,49 @@
+import type { StepItem } from "../engine/Engine.ts";
+import type { RequestState } from "./RequestState.ts";
+
+export interface StepBudget {
+  /** Most prompt tokens one slot reads in one step: the cancellation granularity while prefilling. */
+  prefillChunk: number;
+  /** Most tokens in one step across all slots. */
+  maxStepTokens: number;
+}
+
+export interface PlannedItem {
+  state: RequestState;
+  item: StepItem;
+}
+
+/**
+ * Decides one step. Every decoding slot gets its token first, so a long prompt never starves a stream; the
+ * rest of the budget goes to prefilling slots in admission order, one chunk each. The chunk that ends a prompt
+ * also samples the first token.
+ */
+export function planStep(running: readonly RequestState[], budget: StepBudget): PlannedItem[] {
+  const planned: PlannedItem[] = [];
+  let left = budget.maxStepTokens;
+  for (const state of running) {
+    if (state.phase !== "decode") continue;
+    planned.push({
+      state,
+      item: { slot: state.slot, tokens: [state.lastToken], sample: state.request.sampler },
+    });
+    left -= 1;
+  }
+  for (const state of running) {
+    if (state.phase !== "prefill" || left <= 0) continue;
+    const prompt = state.request.promptTokens;
+    const take = Math.min(budget.prefillChunk, left, prompt.length - state.prefilled);
+    const end = state.prefilled + take;
+    const last = end === prompt.length;
+    planned.push({
+      state,
+      item: {
+        slot: state.slot,
+        tokens: prompt.slice(state.prefilled, end),
+        sample: last ? state.request.sampler : undefined,
+      },
+    });
+    left -= take;
+  }
+  return planned;
+}

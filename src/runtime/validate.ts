@@ -1,0 +1,220 @@
+import { randomUUID } from "node:crypto";
+import type { EngineInfo, SamplerConfig } from "../engine/Engine.ts";
+import { SluiceError } from "../errors.ts";
+import type { GenerationRequest } from "../types.ts";
+
+/** A request after validation: every default applied, the prompt tokenized. */
+export interface NormalizedRequest {
+  id: string;
+  promptTokens: number[];
+  maxTokens: number;
+  stop: string[];
+  stopTokenIds: number[];
+  sampler: SamplerConfig;
+  streamInterval: number;
+  skipSpecialTokens: boolean;
+  ignoreEos: boolean;
+  rejectOnError: boolean;
+  signal: AbortSignal | undefined;
+}
+
+export interface SubmissionLimits {
+  info: EngineInfo;
+  tokenize(text: string, options: { special: boolean }): number[];
+  /** Whether text prompts get a BOS token. */
+  addBos: boolean;
+  /** Default for maxTokens when the request has none. */
+  defaultMaxTokens: number;
+}
+
+const KNOWN_KEYS = new Set<string>([
+  "prompt",
+  "maxTokens",
+  "stop",
+  "stopTokenIds",
+  "streamInterval",
+  "skipSpecialTokens",
+  "ignoreEos",
+  "parseSpecialTokens",
+  "addBos",
+  "signal",
+  "id",
+  "rejectOnError",
+  "temperature",
+  "topK",
+  "topP",
+  "minP",
+  "seed",
+] satisfies (keyof GenerationRequest)[]);
+
+const MAX_STOPS = 16;
+const MAX_STOP_LENGTH = 256;
+
+function invalid(param: string, message: string): SluiceError {
+  return new SluiceError("invalid_request", message, { param });
+}
+
+function optionalNumber(
+  request: GenerationRequest,
+  key: keyof GenerationRequest,
+  fallback: number,
+  check: (v: number) => boolean,
+  rule: string,
+): number {
+  const value = request[key];
+  if (value === undefined) return fallback;
+  if (typeof value !== "number" || !Number.isFinite(value) || !check(value)) {
+    throw invalid(key, `${key} must be ${rule}; got ${JSON.stringify(value) ?? String(value)}.`);
+  }
+  return value;
+}
+
+function optionalBoolean(
+  request: GenerationRequest,
+  key: keyof GenerationRequest,
+  fallback: boolean,
+): boolean {
+  const value = request[key];
+  if (value === undefined) return fallback;
+  if (typeof value !== "boolean")
+    throw invalid(key, `${key} must be true or false; got ${JSON.stringify(value)}.`);
+  return value;
+}
+
+function isTokenId(value: unknown, vocabularySize: number): value is number {
+  return typeof value === "number" && Number.isInteger(value) && value >= 0 && value < vocabularySize;
+}
+
+/**
+ * Checks a submission and applies defaults, synchronously: a bad request fails here with a typed error whose
+ * message says what to change, before it costs anything.
+ */
+export function validateStreamingSubmission(
+  request: GenerationRequest,
+  limits: SubmissionLimits,
+): NormalizedRequest {
+  if (request === null || typeof request !== "object") {
+    throw invalid("request", 'The request must be an object such as { prompt: "..." }.');
+  }
+  const unknown = Object.keys(request).filter((key) => !KNOWN_KEYS.has(key));
+  if (unknown.length > 0) {
+    throw invalid(
+      unknown[0]!,
+      `Unknown option${unknown.length > 1 ? "s" : ""} ${unknown.join(", ")}. Known options: ${[...KNOWN_KEYS].join(", ")}.`,
+    );
+  }
+  const { info } = limits;
+  const vocabularySize = info.vocabulary.size;
+
+  const id = request.id ?? randomUUID();
+  if (typeof id !== "string" || id.length === 0 || id.length > 128) {
+    throw invalid("id", "id must be a non-empty string of at most 128 characters.");
+  }
+  if (request.signal !== undefined && !(request.signal instanceof AbortSignal)) {
+    throw invalid("signal", "signal must be an AbortSignal.");
+  }
+
+  const promptTokens = tokenizePrompt(request, limits);
+  const room = info.contextSize - promptTokens.length;
+  if (room < 1) {
+    throw new SluiceError(
+      "prompt_too_long",
+      `The prompt is ${promptTokens.length} tokens; the context holds ${info.contextSize} per slot, so at most ${info.contextSize - 1} prompt tokens leave room to generate. Shorten the prompt or raise contextSize.`,
+      { param: "prompt" },
+    );
+  }
+  const maxTokens = optionalNumber(
+    request,
+    "maxTokens",
+    Math.min(limits.defaultMaxTokens, room),
+    (v) => Number.isInteger(v) && v >= 1,
+    "an integer >= 1",
+  );
+  if (promptTokens.length + maxTokens > info.contextSize) {
+    throw new SluiceError(
+      "prompt_too_long",
+      `prompt (${promptTokens.length} tokens) + maxTokens (${maxTokens}) exceeds the context of ${info.contextSize} tokens per slot; ask for at most ${room} tokens or shorten the prompt.`,
+      { param: "maxTokens" },
+    );
+  }
+
+  const stop =
+    request.stop === undefined ? [] : typeof request.stop === "string" ? [request.stop] : request.stop;
+  if (
+    !Array.isArray(stop) ||
+    stop.length > MAX_STOPS ||
+    stop.some(
+      (s) => typeof s !== "string" || s.length === 0 || s.length > MAX_STOP_LENGTH || !s.isWellFormed(),
+    )
+  ) {
+    throw invalid(
+      "stop",
+      `stop must be a non-empty string or an array of at most ${MAX_STOPS} non-empty strings of at most ${MAX_STOP_LENGTH} characters.`,
+    );
+  }
+  const stopTokenIds = request.stopTokenIds ?? [];
+  if (!Array.isArray(stopTokenIds) || !stopTokenIds.every((t) => isTokenId(t, vocabularySize))) {
+    throw invalid("stopTokenIds", `stopTokenIds must be an array of token ids in [0, ${vocabularySize}).`);
+  }
+
+  const temperature = optionalNumber(request, "temperature", 0, (v) => v >= 0 && v <= 100, "a number >= 0");
+  const topK = optionalNumber(
+    request,
+    "topK",
+    40,
+    (v) => Number.isInteger(v) && v >= 0,
+    "an integer >= 0 (0 = whole vocabulary)",
+  );
+  const topP = optionalNumber(request, "topP", 0.95, (v) => v > 0 && v <= 1, "a number in (0, 1]");
+  const minP = optionalNumber(request, "minP", 0, (v) => v >= 0 && v <= 1, "a number in [0, 1]");
+  const seed = optionalNumber(
+    request,
+    "seed",
+    Math.floor(Math.random() * 0x7fffffff),
+    (v) => Number.isInteger(v) && v >= 0 && v <= 0xffffffff,
+    "an integer in [0, 2^32)",
+  );
+  const streamInterval = Math.max(
+    1,
+    Math.floor(optionalNumber(request, "streamInterval", 1, (v) => v > 0, "a number >= 1")),
+  );
+
+  return {
+    id,
+    promptTokens,
+    maxTokens,
+    stop: [...stop],
+    stopTokenIds: [...stopTokenIds],
+    sampler: { temperature, topK, topP, minP, seed },
+    streamInterval,
+    skipSpecialTokens: optionalBoolean(request, "skipSpecialTokens", true),
+    ignoreEos: optionalBoolean(request, "ignoreEos", false),
+    rejectOnError: optionalBoolean(request, "rejectOnError", false),
+    signal: request.signal,
+  };
+}
+
+function tokenizePrompt(request: GenerationRequest, limits: SubmissionLimits): number[] {
+  const { prompt } = request;
+  const vocabulary = limits.info.vocabulary;
+  if (typeof prompt === "string") {
+    if (prompt.length === 0) throw invalid("prompt", "prompt is empty; give some text or token ids.");
+    const special = optionalBoolean(request, "parseSpecialTokens", false);
+    const addBos = optionalBoolean(request, "addBos", true) && limits.addBos && vocabulary.bos !== undefined;
+    const ids = limits.tokenize(prompt, { special });
+    return addBos ? [vocabulary.bos!, ...ids] : ids;
+  }
+  if (Array.isArray(prompt)) {
+    if (prompt.length === 0)
+      throw invalid("prompt", "prompt is an empty token array; give at least one token id.");
+    const bad = prompt.findIndex((t) => !isTokenId(t, vocabulary.size));
+    if (bad >= 0) {
+      throw invalid(
+        "prompt",
+        `prompt[${bad}] = ${JSON.stringify(prompt[bad])} is not a token id; ids are integers in [0, ${vocabulary.size}).`,
+      );
+    }
+    return [...prompt];
+  }
+  throw invalid("prompt", "prompt must be a string or an array of token ids.");
+}
