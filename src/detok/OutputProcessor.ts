@@ -5,7 +5,10 @@ import type { Vocabulary } from "./Vocabulary.ts";
 export interface OutputProcessorOptions {
   /** Control tokens add no text (their ids still go to `tokenIds`). Defaults to true. */
   skipSpecialTokens?: boolean;
-  /** Stop strings: the text ends before the first one to complete, which is never emitted. */
+  /**
+   * Stop strings: the text ends before the first one to complete, which is never emitted. Each must be a
+   * non-empty, well-formed string; the constructor throws `invalid_request` otherwise.
+   */
   stop?: readonly string[];
   /** Stop token ids: the generation stops on them; their text is not emitted. */
   stopTokenIds?: readonly number[];
@@ -46,7 +49,8 @@ type State = typeof RUNNING | typeof STOPPED_BY_STRING | typeof STOPPED_BY_TOKEN
  * Text after the final `take` is exactly the decode of the unfiltered tokens' bytes, cut at the start of the
  * stop string when one matched. The last incomplete character is flushed (as U+FFFD) only at the final
  * take; that replacement character takes part in no stop match, because the finish it belongs to was
- * decided before it existed.
+ * decided before it existed. A kept control token's text always lands in one chunk, whatever the interval
+ * and whatever the stop strings hold back.
  */
 export class OutputProcessor {
   readonly #vocabulary: Vocabulary;

@@ -11,11 +11,14 @@ import { SluiceError } from "../errors.ts";
  */
 export class StopMatcher {
   readonly #stops: readonly string[];
-  /** The distinct first characters of the stops, and the stops that start with each. */
-  readonly #firsts: readonly string[];
+  /** The distinct first code units of the stops, and the stops that start with each. */
+  readonly #firstUnits: readonly number[];
   readonly #byFirst: readonly (readonly string[])[];
-  /** The longest text that can be held: a proper prefix of the longest stop. */
-  readonly #maxHeld: number;
+  /**
+   * 256-bit filter of the stops' first code units (by their low byte): a token none of whose units hit it
+   * can neither complete nor start a stop. False hits only cost the exact check.
+   */
+  readonly #firstFilter = new Uint32Array(8);
   #held = "";
   #match: string | undefined = undefined;
 
@@ -31,15 +34,16 @@ export class StopMatcher {
       }
     }
     this.#stops = [...new Set(stops)];
-    const byFirst = new Map<string, string[]>();
+    const byFirst = new Map<number, string[]>();
     for (const stop of this.#stops) {
-      const group = byFirst.get(stop[0]!);
-      if (group === undefined) byFirst.set(stop[0]!, [stop]);
+      const first = stop.charCodeAt(0);
+      const group = byFirst.get(first);
+      if (group === undefined) byFirst.set(first, [stop]);
       else group.push(stop);
+      this.#firstFilter[(first & 0xff) >> 5]! |= 1 << (first & 31);
     }
-    this.#firsts = [...byFirst.keys()];
+    this.#firstUnits = [...byFirst.keys()];
     this.#byFirst = [...byFirst.values()];
-    this.#maxHeld = this.#stops.reduce((max, stop) => Math.max(max, stop.length - 1), 0);
   }
 
   /** The text held back because it may be the start of a stop string. */
@@ -67,22 +71,46 @@ export class StopMatcher {
   feed(text: string): string {
     if (this.#match !== undefined) return "";
     const held = this.#held;
-    // Most tokens hold no character a stop starts with: then nothing can match or be held.
+    // Most tokens hold no unit a stop starts with: then nothing can match or be held.
     if (held.length === 0 && !this.#mayStartIn(text)) return text;
     const pending = held.length === 0 ? text : held + text;
-    const start = this.#findMatch(pending, held.length);
-    if (start >= 0) {
-      this.#held = "";
-      return pending.slice(0, start);
+    const length = pending.length;
+    const filter = this.#firstFilter;
+    let holdFrom = length;
+    // One pass over candidate starts. The earliest complete stop wins (a match ends the text there); the
+    // earliest start of an incomplete one gives the longest suffix to hold. The held text never held a
+    // complete stop, so any match found here ends in the new text.
+    for (let at = 0; at < length; at++) {
+      const unit = pending.charCodeAt(at);
+      const low = unit & 0xff;
+      if ((filter[low >> 5]! & (1 << (low & 31))) === 0) continue;
+      const group = this.#firstUnits.indexOf(unit);
+      if (group < 0) continue;
+      const tail = length - at;
+      let match: string | undefined;
+      for (const stop of this.#byFirst[group]!) {
+        const compared = Math.min(stop.length, tail);
+        let same = 1;
+        while (same < compared && stop.charCodeAt(same) === pending.charCodeAt(at + same)) same++;
+        if (same < compared) continue;
+        if (stop.length <= tail) {
+          if (match === undefined || stop.length > match.length) match = stop;
+        } else if (holdFrom === length) {
+          holdFrom = at;
+        }
+      }
+      if (match !== undefined) {
+        this.#match = match;
+        this.#held = "";
+        return pending.slice(0, at);
+      }
     }
-    const keep = this.#heldLength(pending);
-    if (keep === 0) {
+    if (holdFrom === length) {
       this.#held = "";
       return pending;
     }
-    const cut = pending.length - keep;
-    this.#held = pending.slice(cut);
-    return pending.slice(0, cut);
+    this.#held = pending.slice(holdFrom);
+    return pending.slice(0, holdFrom);
   }
 
   /** Releases everything held (on any finish without a match). */
@@ -92,50 +120,13 @@ export class StopMatcher {
     return held;
   }
 
-  /** Start of the earliest complete stop in `pending` (longest on a tie), or -1; sets `#match`. */
-  #findMatch(pending: string, heldLength: number): number {
-    let start = -1;
-    for (const stop of this.#stops) {
-      // The held text held no complete stop, so a new match must end past it.
-      const at = pending.indexOf(stop, Math.max(0, heldLength - stop.length + 1));
-      if (at < 0) continue;
-      if (start < 0 || at < start || (at === start && stop.length > this.#match!.length)) {
-        start = at;
-        this.#match = stop;
-      }
-    }
-    return start;
-  }
-
   #mayStartIn(text: string): boolean {
-    for (const first of this.#firsts) if (text.includes(first)) return true;
-    return false;
-  }
-
-  /** Length of the longest suffix of `pending` that is a proper prefix of some stop string. */
-  #heldLength(pending: string): number {
-    const length = pending.length;
-    const from = Math.max(0, length - this.#maxHeld);
-    let longest = 0;
-    const firsts = this.#firsts;
-    for (let group = 0; group < firsts.length; group++) {
-      const first = firsts[group]!;
-      // Candidate starts are where some stop's first character occurs, earliest (longest suffix) first.
-      candidates: for (let at = pending.indexOf(first, from); at >= 0; at = pending.indexOf(first, at + 1)) {
-        const tail = length - at;
-        if (tail <= longest) break;
-        for (const stop of this.#byFirst[group]!) {
-          if (stop.length <= tail) continue;
-          let same = 1;
-          while (same < tail && stop.charCodeAt(same) === pending.charCodeAt(at + same)) same++;
-          if (same === tail) {
-            longest = tail;
-            break candidates;
-          }
-        }
-      }
+    const filter = this.#firstFilter;
+    for (let i = 0; i < text.length; i++) {
+      const low = text.charCodeAt(i) & 0xff;
+      if ((filter[low >> 5]! & (1 << (low & 31))) !== 0) return true;
     }
-    return longest;
+    return false;
   }
 }
 

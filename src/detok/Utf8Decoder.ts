@@ -2,8 +2,9 @@ const REPLACEMENT = "\uFFFD";
 
 /**
  * Streaming UTF-8 to string. For any way of splitting the input, the concatenated output plus `flush()`
- * equals `new TextDecoder("utf-8").decode(allBytes)`: the WHATWG decoder, where each maximal invalid
- * subpart becomes one U+FFFD. An incomplete trailing sequence is held back until it is completed or proven
+ * equals `new TextDecoder("utf-8", { ignoreBOM: true }).decode(allBytes)`: the WHATWG decoder, where each
+ * maximal invalid subpart becomes one U+FFFD. A leading U+FEFF is kept: generated text has no byte order
+ * mark to strip, so a BOM the model emits is content. An incomplete trailing sequence is held back until it is completed or proven
  * invalid; an invalid byte becomes U+FFFD at once. The output is therefore always well-formed and never
  * cuts a character in two.
  *

@@ -69,7 +69,7 @@ export class Vocabulary {
     // One backing buffer for the whole table: a large vocabulary then costs views, not 100k ArrayBuffers.
     const total = pieces.reduce((sum, piece) => sum + piece.length, 0);
     const backing = new Uint8Array(total);
-    const fatal = new TextDecoder("utf-8", { fatal: true });
+    const fatal = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
     this.#bytes = [];
     this.#texts = [];
     let offset = 0;

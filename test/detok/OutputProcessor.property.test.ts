@@ -9,6 +9,16 @@ const MODEL = fileURLToPath(new URL("../../models/kjv-tiny.gguf", import.meta.ur
 const vocabulary = await Vocabulary.fromGgufFile(MODEL);
 const isWellFormed = (text: string) => (text as unknown as { isWellFormed(): boolean }).isWellFormed();
 
+/** One code point of each UTF-8 length equally often (surrogates excluded: they are not characters). */
+const anyChar = fc
+  .oneof(
+    fc.integer({ min: 0, max: 0x7f }),
+    fc.integer({ min: 0x80, max: 0x7ff }),
+    fc.integer({ min: 0x800, max: 0xffff }).filter((c) => c < 0xd800 || c > 0xdfff),
+    fc.integer({ min: 0x10000, max: 0x10ffff }),
+  )
+  .map((c) => String.fromCodePoint(c));
+
 const SPECIAL_IDS = [4091, 4092, 4093, 4094, 4095];
 const byteToId = new Map<number, number>();
 for (let tokenId = 0; tokenId < vocabulary.size; tokenId++) {
@@ -28,7 +38,7 @@ const tokenStream = fc
       // A multi-byte character spelled out as byte tokens (what a byte-level model emits for rare text).
       {
         arbitrary: fc
-          .string({ unit: "binary", minLength: 1, maxLength: 2 })
+          .string({ unit: anyChar, minLength: 1, maxLength: 2 })
           .map((text) => byteIds(new TextEncoder().encode(text))),
         weight: 3,
       },
@@ -75,7 +85,7 @@ const stopSpec: fc.Arbitrary<StopSpec> = fc.oneof(
           minLength: 1,
           maxLength: 3,
         }),
-        fc.string({ unit: "binary", minLength: 1, maxLength: 3 }),
+        fc.string({ unit: anyChar, minLength: 1, maxLength: 3 }),
       ),
     }),
     weight: 1,
@@ -104,13 +114,13 @@ interface Expected {
 /** The slow, obviously-right reference: TextDecoder over the filtered bytes, stop strings searched in full. */
 function reference(ids: number[], skip: boolean, stops: string[], stopTokenIds: number[]): Expected {
   const bytes = ids.map((t) => (skip && vocabulary.isSpecial(t) ? new Uint8Array(0) : vocabulary.bytesOf(t)));
-  const streaming = new TextDecoder("utf-8");
+  const streaming = new TextDecoder("utf-8", { ignoreBOM: true });
   const decodedAfter: string[] = [];
   const specials: [number, number][] = [];
   let decoded = "";
   for (let k = 0; k < ids.length; k++) {
     if (stopTokenIds.includes(ids[k]!)) {
-      const text = new TextDecoder().decode(concat(bytes.slice(0, k)));
+      const text = new TextDecoder("utf-8", { ignoreBOM: true }).decode(concat(bytes.slice(0, k)));
       return { text, tokenIds: ids.slice(0, k + 1), stop: ids[k], decodedAfter, specials };
     }
     decoded += streaming.decode(bytes[k], { stream: true });
@@ -133,7 +143,7 @@ function reference(ids: number[], skip: boolean, stops: string[], stopTokenIds: 
       return { text, tokenIds: ids.slice(0, k + 1), stop: best.stop, decodedAfter, specials };
     }
   }
-  const text = new TextDecoder().decode(concat(bytes));
+  const text = new TextDecoder("utf-8", { ignoreBOM: true }).decode(concat(bytes));
   return { text, tokenIds: ids, stop: undefined, decodedAfter, specials };
 }
 
@@ -225,10 +235,10 @@ describe("OutputProcessor on the bundled vocabulary (property)", () => {
           assert.equal(processor.tokenCount, expected.tokenIds.length);
         }
       }),
-      { numRuns: 1500 },
+      { numRuns: 1000 },
     );
     // The generators must actually exercise stops, or the property proves little about them.
-    assert.ok(withStops > 500, `only ${withStops} cases had stop strings`);
-    assert.ok(stopped > 300, `only ${stopped} cases stopped`);
+    assert.ok(withStops > 350, `only ${withStops} cases had stop strings`);
+    assert.ok(stopped > 200, `only ${stopped} cases stopped`);
   });
 });

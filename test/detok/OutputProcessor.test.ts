@@ -134,7 +134,9 @@ describe("OutputProcessor: special tokens", () => {
     assert.equal(allText(run([0xe2, id.IM_END, 0x82, 0xac])), "€");
     // Kept, its bytes go through the decoder like any other token: the split character is invalid.
     const kept = run([0xe2, id.IM_END, 0x82, 0xac], { skipSpecialTokens: false });
-    const expected = new TextDecoder().decode(Uint8Array.from([0xe2, ...utf8("<|im_end|>"), 0x82, 0xac]));
+    const expected = new TextDecoder("utf-8", { ignoreBOM: true }).decode(
+      Uint8Array.from([0xe2, ...utf8("<|im_end|>"), 0x82, 0xac]),
+    );
     assert.equal(allText(kept), expected);
     assert.equal(kept.chunks[1]!.text, `${FFFD}<|im_end|>`);
   });

@@ -164,6 +164,13 @@ describe("Vocabulary.fromGguf", () => {
     assert.equal(vocabulary.addBos, false);
   });
 
+  it("keeps a token that is a byte order mark as U+FEFF text", () => {
+    const bom = [0xef, 0xbb, 0xbf].map(gpt2CharOfByte).join("");
+    const vocabulary = Vocabulary.fromGguf({ model: "gpt2", tokens: [bom, `${bom}A`] });
+    assert.equal(vocabulary.textOf(0), "\uFEFF");
+    assert.equal(vocabulary.textOf(1), "\uFEFFA");
+  });
+
   it("keeps a gpt2 character outside the byte table as its own UTF-8 instead of dropping it", () => {
     const vocabulary = Vocabulary.fromGguf({ model: "gpt2", tokens: ["Ġ日", "Ã©"] });
     assert.equal(vocabulary.textOf(0), " 日");

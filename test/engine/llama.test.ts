@@ -94,7 +94,7 @@ describe("runtime on node-llama-cpp with the bundled model", () => {
   });
 
   test("8 concurrent generations over 4 slots all finish, each equal to its solo greedy output", async () => {
-    const solo = [];
+    const solo: number[][] = [];
     for (const prompt of PROMPTS)
       solo.push((await drain(runtime.generate({ prompt, maxTokens: 24, temperature: 0 }))).ids);
     const channels = [...PROMPTS, ...PROMPTS].map((prompt) =>
