@@ -1,7 +1,30 @@
 import type { GenerationResult, StreamChunk } from "../types.ts";
 import { CancelReason } from "./CancelReason.ts";
-import { ChannelCore, type ChannelOptions, type ChannelProducer } from "./ChannelCore.ts";
+import { ChannelCore } from "./ChannelCore.ts";
 import { ChannelIterator } from "./ChannelIterator.ts";
+import type { ChannelProducer } from "./ChannelProducer.ts";
+
+export interface ChannelOptions {
+  /** Stable request id, copied to the handle, the producer and the result. */
+  id: string;
+  /**
+   * Aborting it equals `cancel()`. An already-aborted signal latches the channel as cancelled inside
+   * `createStreamChannel` (so `producer.cancelled` is true on return) and calls `onCancel` one microtask
+   * later, unless the producer finished in between.
+   */
+  signal?: AbortSignal;
+  /**
+   * Called exactly once, synchronously, the first time the consumer cancels by any path (see
+   * `CancelReason` for what each path passes). Not called if the channel already finished. Must not throw:
+   * a throw is reported as a process warning and otherwise ignored, because cancel never throws.
+   */
+  onCancel?: (reason: string | undefined) => void;
+  /**
+   * When true, `result` and `consume()` reject with a `SluiceError` carrying the terminal chunk's error
+   * code if the generation ends with reason `"error"`. Defaults to false: `result` always resolves.
+   */
+  rejectOnError?: boolean;
+}
 
 /** Above this, setTimeout fires at once instead of late, so such waits are treated as unbounded. */
 const MAX_TIMER_MS = 2_147_483_647;
@@ -60,7 +83,7 @@ export class StreamChannel implements AsyncIterable<StreamChunk>, AsyncDisposabl
   }
 
   /**
-   * The next chunk, waiting up to `timeoutMs` (unbounded when omitted; `0` does not wait). Resolves with
+   * The next chunk, waiting up to `timeoutMs` (unbounded when omitted; `0` or less does not wait). Resolves with
    * undefined on timeout or when nothing more will come; its timer is cleared as soon as it resolves.
    */
   waitPop(timeoutMs?: number): Promise<StreamChunk | undefined> {

@@ -1,3 +1,3 @@
 export { CancelReason } from "./CancelReason.ts";
-export type { ChannelOptions, ChannelProducer, TerminalInfo } from "./ChannelCore.ts";
-export { createStreamChannel, StreamChannel } from "./StreamChannel.ts";
+export type { ChannelProducer, TerminalInfo } from "./ChannelProducer.ts";
+export { type ChannelOptions, createStreamChannel, StreamChannel } from "./StreamChannel.ts";

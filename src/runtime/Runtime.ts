@@ -130,7 +130,6 @@ export class Runtime {
   }
 
   #accept(request: NormalizedRequest): StreamChannel {
-    const alreadyAborted = request.signal?.aborted === true;
     let state: RequestState | undefined;
     const { channel, producer } = createStreamChannel({
       id: request.id,
@@ -138,7 +137,9 @@ export class Runtime {
       onCancel: () => {
         if (state) this.#cancel(state);
       },
-      ...(request.signal && !alreadyAborted ? { signal: request.signal } : {}),
+      // An already-aborted signal is accepted and finished `cancelled` (the channel calls onCancel one
+      // microtask later, before the loop can admit it), so callers have a single path to handle.
+      ...(request.signal ? { signal: request.signal } : {}),
     });
     const processor = new OutputProcessor(this.engine.info.vocabulary, {
       skipSpecialTokens: request.skipSpecialTokens,
@@ -153,10 +154,7 @@ export class Runtime {
     this.stats.submitted++;
     this.#queue.push(state);
     this.#queued++;
-    // Documented choice: an already-aborted signal is accepted and finished `cancelled` at once, like a
-    // cancel that arrives while queued, so callers have a single path to handle.
-    if (alreadyAborted) this.#cancel(state);
-    else this.#wake?.();
+    this.#wake?.();
     return channel;
   }
 

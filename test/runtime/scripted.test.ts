@@ -193,8 +193,12 @@ describe("runtime on the scripted engine: cancellation", () => {
 
   test("an AbortSignal cancels; an already-aborted one finishes cancelled at once", async () => {
     const { runtime, engine } = await scriptedRuntime({ script: () => engine.encode(SCRIPT_TEXT) });
-    const aborted = await drain(runtime.generate({ prompt: "p", signal: AbortSignal.abort() }));
+    const abortedChannel = runtime.generate({ prompt: "zz", signal: AbortSignal.abort() });
+    assert.equal(abortedChannel.cancelled, true);
+    const aborted = await drain(abortedChannel);
     assert.equal(aborted.terminal.reason, "cancelled");
+    const z = engine.encode("z")[0]!;
+    assert.ok(engine.steps.every((s) => s.items.every((i) => !i.tokens.includes(z))), "an aborted request reached the engine");
     const controller = new AbortController();
     const channel = runtime.generate({ prompt: "p", maxTokens: 50, signal: controller.signal });
     const chunks = [];
