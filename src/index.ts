@@ -15,4 +15,5 @@ export {
   type SlotSnapshot,
 } from "./runtime/Runtime.ts";
 export { validateStreamingSubmission } from "./runtime/validate.ts";
+export * from "./server/index.ts";
 export type * from "./types.ts";

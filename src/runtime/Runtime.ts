@@ -278,6 +278,8 @@ export class Runtime {
         continue;
       }
       if (state.phase === "prefill") {
+        // The chunk that ends a prompt also samples; its tokens are prompt tokens all the same.
+        this.stats.promptTokensProcessed += item.tokens.length;
         state.prefilled = state.request.promptTokens.length;
         state.phase = "decode";
         state.firstTokenAt = now;

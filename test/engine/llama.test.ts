@@ -80,7 +80,7 @@ describe("runtime on node-llama-cpp with the bundled model", () => {
     const vocabulary = runtime.engine.info.vocabulary;
     const bytes = ids.filter((id) => !vocabulary.isSpecial(id)).flatMap((id) => [...vocabulary.bytesOf(id)]);
     assert.equal(text, new TextDecoder().decode(Uint8Array.from(bytes)));
-    assert.ok(text.length > 40);
+    assert.ok(text.length > 40, `only ${text.length} characters`);
   });
 
   test("a fixed seed reproduces a sampled generation", async () => {
@@ -159,7 +159,10 @@ describe("runtime on node-llama-cpp with the bundled model", () => {
     assert.equal(chunks.filter((c) => c.finished).length, 1);
     assert.equal(chunks.at(-1)!.reason, "cancelled");
     const result = await channel.result;
-    assert.ok(result.usage.completionTokens >= 5 && result.usage.completionTokens <= 6);
+    assert.ok(
+      result.usage.completionTokens >= 5 && result.usage.completionTokens <= 6,
+      `${result.usage.completionTokens} tokens`,
+    );
     const record = cancelRecord(channel);
     assert.equal(record.phase, "decode");
     assert.ok(record.stepsToFree <= 1, `freed after ${record.stepsToFree} steps`);

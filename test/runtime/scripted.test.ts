@@ -62,7 +62,7 @@ describe("runtime on the scripted engine: natural finishes", () => {
     const { text } = await drain(
       runtime.generate({ prompt: [...engine.encode("price "), euro[0]!], maxTokens: 5 }),
     );
-    assert.ok(text.isWellFormed());
+    assert.ok(text.isWellFormed(), "stream text must be well-formed");
     assert.ok(!text.includes("\uFFFD"), `leaked a replacement character: ${JSON.stringify(text)}`);
     await runtime.close();
   });
@@ -115,7 +115,10 @@ describe("runtime on the scripted engine: cancellation", () => {
       [16, 16, 16],
     );
     const x = engine.encode("x")[0]!;
-    assert.ok(engine.steps.slice(cancelAtStep).every((s) => s.items.every((i) => !i.tokens.includes(x))));
+    assert.ok(
+      engine.steps.slice(cancelAtStep).every((s) => s.items.every((i) => !i.tokens.includes(x))),
+      "the cancelled request was in a step after the cancel",
+    );
     assert.equal(records.length, 1);
     assert.equal(records[0]!.phase, "prefill");
     assert.equal(records[0]!.stepsToFree, 1, "cancelled during step 3: freed right after it");
@@ -161,7 +164,7 @@ describe("runtime on the scripted engine: cancellation", () => {
     }
     const result = await channel.result;
     assert.equal(result.reason, "cancelled");
-    assert.ok(result.tokenIds.length >= 3 && result.tokenIds.length <= 4);
+    assert.ok(result.tokenIds.length >= 3 && result.tokenIds.length <= 4, `${result.tokenIds.length} tokens`);
     const next = await drain(runtime.generate({ prompt: "p", maxTokens: 4 }));
     assert.equal(next.terminal.reason, "length");
     await runtime.close();
@@ -198,7 +201,10 @@ describe("runtime on the scripted engine: cancellation", () => {
     const aborted = await drain(abortedChannel);
     assert.equal(aborted.terminal.reason, "cancelled");
     const z = engine.encode("z")[0]!;
-    assert.ok(engine.steps.every((s) => s.items.every((i) => !i.tokens.includes(z))), "an aborted request reached the engine");
+    assert.ok(
+      engine.steps.every((s) => s.items.every((i) => !i.tokens.includes(z))),
+      "an aborted request reached the engine",
+    );
     const controller = new AbortController();
     const channel = runtime.generate({ prompt: "p", maxTokens: 50, signal: controller.signal });
     const chunks = [];
@@ -207,7 +213,7 @@ describe("runtime on the scripted engine: cancellation", () => {
       if (chunks.length === 2) controller.abort();
     }
     assert.equal(chunks.at(-1)!.reason, "cancelled");
-    assert.ok(chunks.length <= 4);
+    assert.ok(chunks.length <= 4, `${chunks.length} chunks after the abort`);
     await runtime.close();
   });
 
@@ -235,7 +241,8 @@ describe("runtime on the scripted engine: scheduling", () => {
     const withLong = engine.steps.filter((s) => s.items.some((i) => i.tokens.length > 1));
     assert.ok(withLong.length >= 1000 / 32, `prefill in ${withLong.length} chunks`);
     const decodingSlot = engine.steps[0]!.items[0]!.slot;
-    for (const step of withLong.slice(0, -1)) assert.ok(slotsOf(step).includes(decodingSlot));
+    for (const step of withLong.slice(0, -1))
+      assert.ok(slotsOf(step).includes(decodingSlot), `step ${step.step} starved the decoding slot`);
     await runtime.close();
   });
 
@@ -252,7 +259,10 @@ describe("runtime on the scripted engine: scheduling", () => {
       assert.equal(r.terminal.reason, "eos");
       assert.equal(r.text, [...prompts[i]!].reverse().join(""));
     });
-    assert.ok(engine.steps.every((s) => s.items.length <= 3));
+    assert.ok(
+      engine.steps.every((s) => s.items.length <= 3),
+      "a step held more items than slots",
+    );
     await runtime.close();
   });
 });

@@ -1,0 +1,128 @@
+import { parseArgs } from "node:util";
+import { SluiceError } from "../errors.ts";
+import { Runtime } from "../runtime/Runtime.ts";
+import { createServer } from "../server/index.ts";
+
+export const SERVE_HELP = `Usage: sluice serve [options]
+
+OpenAI-compatible HTTP server (SSE streaming, client disconnect = cancel) with a web playground at /.
+
+Options:
+  --host <addr>           address to bind (default 127.0.0.1; 0.0.0.0 exposes it to the network)
+  --port <n>              port (default 8080; 0 picks a free one)
+  --model <path>          GGUF model file (default: the bundled kjv-tiny model)
+  --slots <n>             concurrent generations (default 4)
+  --threads <n>           CPU threads (default: half the cores)
+  --context-size <n>      tokens per slot (default: the model's, at most 2048)
+  --prefill-chunk <n>     most prompt tokens a slot reads per step (default 64)
+  --max-queue <n>         most requests waiting for a slot; beyond it 429 (default 256)
+  --api-key <key>         require "Authorization: Bearer <key>" (default: env SLUICE_API_KEY, else none)
+  --max-body <bytes>      largest request body (default 1048576)
+  --request-timeout <ms>  cancel generations running longer than this (default: none)
+  -h, --help              this help
+`;
+
+function integer(value: string | undefined, flag: string, min: number): number | undefined {
+  if (value === undefined) return undefined;
+  const parsed = Number(value);
+  if (!Number.isInteger(parsed) || parsed < min) {
+    throw new SluiceError("invalid_request", `${flag} expects an integer >= ${min}; got "${value}".`);
+  }
+  return parsed;
+}
+
+function defined<T extends object>(values: T): { [K in keyof T]: Exclude<T[K], undefined> } {
+  return Object.fromEntries(Object.entries(values).filter(([, v]) => v !== undefined)) as never;
+}
+
+export async function serveCommand(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      host: { type: "string" },
+      port: { type: "string" },
+      model: { type: "string" },
+      slots: { type: "string" },
+      threads: { type: "string" },
+      "context-size": { type: "string" },
+      "prefill-chunk": { type: "string" },
+      "max-queue": { type: "string" },
+      "api-key": { type: "string" },
+      "max-body": { type: "string" },
+      "request-timeout": { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) {
+    process.stdout.write(SERVE_HELP);
+    return 0;
+  }
+  const host = values.host ?? "127.0.0.1";
+  const port = integer(values.port, "--port", 0) ?? 8080;
+  const apiKey = values["api-key"] ?? (process.env.SLUICE_API_KEY || undefined);
+  const serverOptions = defined({
+    apiKey,
+    maxBodyBytes: integer(values["max-body"], "--max-body", 1),
+    requestTimeoutMs: integer(values["request-timeout"], "--request-timeout", 1),
+  });
+
+  let lastShown = -1;
+  const runtime = await Runtime.create(
+    defined({
+      model: values.model,
+      slots: integer(values.slots, "--slots", 1),
+      threads: integer(values.threads, "--threads", 1),
+      contextSize: integer(values["context-size"], "--context-size", 16),
+      prefillChunkSize: integer(values["prefill-chunk"], "--prefill-chunk", 1),
+      maxQueue: integer(values["max-queue"], "--max-queue", 0),
+      onLoadProgress: (p: number) => {
+        const percent = Math.floor(p * 10) * 10;
+        if (percent === lastShown) return;
+        lastShown = percent;
+        process.stderr.write(`loading model ${percent}%\n`);
+      },
+    }),
+  );
+  const server = createServer(runtime, serverOptions);
+  let address: Awaited<ReturnType<typeof server.listen>>;
+  try {
+    address = await server.listen(port, host);
+  } catch (error) {
+    await runtime.close();
+    throw new SluiceError("invalid_request", `cannot listen on ${host}:${port}: ${(error as Error).message}`);
+  }
+  const { info } = runtime.engine;
+  const auth = apiKey ? ` -H 'authorization: Bearer <key>'` : "";
+  process.stdout.write(
+    `sluice: serving ${server.options.modelName} (${info.slots} slots, context ${info.contextSize}) at ${address.url}\n` +
+      `  playground  ${address.url}/\n` +
+      `  try         curl -N ${address.url}/v1/completions -H 'content-type: application/json'${auth} \\\n` +
+      `                -d '{"model":"${server.options.modelName}","prompt":"Genesis 1\\n1 In the beginning","max_tokens":40,"stream":true}'\n` +
+      `  Ctrl-C stops (open streams get a final chunk); a second Ctrl-C exits at once.\n`,
+  );
+
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const onSignal = (signal: NodeJS.Signals) => {
+      if (stopping) process.exit(130);
+      stopping = true;
+      process.stderr.write(`sluice: ${signal}: finishing open streams and shutting down\n`);
+      server
+        .close({ graceful: true })
+        .then(() => runtime.close())
+        .then(
+          () => resolve(0),
+          (error: unknown) => {
+            process.stderr.write(`sluice: shutdown failed: ${(error as Error).message}\n`);
+            resolve(1);
+          },
+        )
+        .finally(() => {
+          process.off("SIGINT", onSignal);
+          process.off("SIGTERM", onSignal);
+        });
+    };
+    process.on("SIGINT", onSignal);
+    process.on("SIGTERM", onSignal);
+  });
+}

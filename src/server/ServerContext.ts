@@ -1,0 +1,20 @@
+import type { StreamChannel } from "../channel/index.ts";
+import type { Runtime } from "../runtime/Runtime.ts";
+import type { ChatFormatter } from "./chat.ts";
+import type { EndRecords } from "./EndRecords.ts";
+import type { ServerMetrics } from "./metrics.ts";
+import type { ResolvedServerOptions } from "./ServerOptions.ts";
+
+/** What every route of one server shares. */
+export interface ServerContext {
+  readonly runtime: Runtime;
+  readonly options: ResolvedServerOptions;
+  readonly metrics: ServerMetrics;
+  readonly ends: EndRecords;
+  /** Generations being served, by request id: shutdown ends each with a terminal chunk. */
+  readonly generations: Map<string, StreamChannel>;
+  /** Created on first use: rendering chats may need the model's template. */
+  chat(): ChatFormatter;
+  /** True once close() began: new generations get 503. */
+  readonly closing: boolean;
+}

@@ -1,0 +1,184 @@
+import {
+  createServer as createHttpServer,
+  type IncomingMessage,
+  type Server,
+  type ServerResponse,
+} from "node:http";
+import type { AddressInfo } from "node:net";
+import type { Runtime } from "../runtime/Runtime.ts";
+import { checkApiKey } from "./auth.ts";
+import { ClientGone } from "./body.ts";
+import { type ChatFormatter, createChatFormatter } from "./chat.ts";
+import { EndRecords } from "./EndRecords.ts";
+import { HttpError, sendError, toHttpError } from "./httpErrors.ts";
+import { ServerMetrics } from "./metrics.ts";
+import { Router } from "./router.ts";
+import { chatCompletionsRoute, completionsRoute } from "./routes/generation.ts";
+import {
+  cancelRoute,
+  healthRoute,
+  metricsRoute,
+  modelRoute,
+  modelsRoute,
+  slotsRoute,
+} from "./routes/info.ts";
+import { indexRoute, webRoute } from "./routes/web.ts";
+import type { ServerContext } from "./ServerContext.ts";
+import { type ResolvedServerOptions, resolveServerOptions, type ServerOptions } from "./ServerOptions.ts";
+import { ServerCancel } from "./serveGeneration.ts";
+
+/** How long close() lets open streams deliver their terminal chunk before it cuts their connections. */
+const CLOSE_GRACE_MS = 2000;
+
+export interface ListenAddress {
+  port: number;
+  host: string;
+  /** `http://host:port` */
+  url: string;
+}
+
+/** The OpenAI-compatible HTTP server over one runtime. The runtime stays the caller's to close. */
+export class SluiceServer {
+  /** The underlying node:http server. */
+  readonly http: Server;
+  readonly #context: ServerContext;
+  readonly #router: Router;
+  /** Every request being handled, so close() can wait for all of them. */
+  readonly #inflight = new Set<Promise<void>>();
+  #closing = false;
+  #closed: Promise<void> | undefined;
+
+  constructor(runtime: Runtime, options: ServerOptions = {}) {
+    const resolved = resolveServerOptions(runtime, options);
+    const server = this;
+    let chat: ChatFormatter | undefined;
+    this.#context = {
+      runtime,
+      options: resolved,
+      metrics: new ServerMetrics(runtime),
+      ends: new EndRecords(runtime),
+      generations: new Map(),
+      chat: () => {
+        chat ??= createChatFormatter(runtime.engine, resolved.chatTemplate);
+        return chat;
+      },
+      get closing() {
+        return server.#closing;
+      },
+    };
+    this.#router = routes(this.#context);
+    this.http = createHttpServer({ noDelay: true }, (req, res) => this.#track(req, res));
+  }
+
+  get options(): Readonly<ResolvedServerOptions> {
+    return this.#context.options;
+  }
+
+  /** Starts listening. Defaults: port 8080, host 127.0.0.1 (never all interfaces unless asked). */
+  listen(port = 8080, host = "127.0.0.1"): Promise<ListenAddress> {
+    return new Promise((resolve, reject) => {
+      const onError = (error: Error) => reject(error);
+      this.http.once("error", onError);
+      this.http.listen(port, host, () => {
+        this.http.off("error", onError);
+        const address = this.http.address() as AddressInfo;
+        const shown = address.family === "IPv6" ? `[${address.address}]` : address.address;
+        resolve({ port: address.port, host: address.address, url: `http://${shown}:${address.port}` });
+      });
+    });
+  }
+
+  /**
+   * Stops accepting connections and ends every open generation: with `graceful` (the default) each stream
+   * gets its terminal chunk (`finish_reason: "cancelled"`) and `[DONE]` before its connection closes;
+   * without it every connection is cut at once. Resolves when nothing is left. Idempotent.
+   */
+  close(options: { graceful?: boolean } = {}): Promise<void> {
+    this.#closed ??= this.#close(options.graceful ?? true);
+    return this.#closed;
+  }
+
+  async #close(graceful: boolean): Promise<void> {
+    this.#closing = true;
+    const stopped = new Promise<void>((resolve) => this.http.close(() => resolve()));
+    if (!graceful) this.http.closeAllConnections();
+    for (const channel of this.#context.generations.values()) channel.cancel(ServerCancel.shutdown);
+    // A client that stopped reading would hold its stream open forever: past the grace period, cut it.
+    const cut = setTimeout(() => this.http.closeAllConnections(), CLOSE_GRACE_MS);
+    cut.unref();
+    while (this.#inflight.size > 0) await Promise.allSettled([...this.#inflight]);
+    this.http.closeIdleConnections();
+    await stopped;
+    clearTimeout(cut);
+    this.#context.metrics.close();
+    this.#context.ends.close();
+  }
+
+  #track(req: IncomingMessage, res: ServerResponse): void {
+    // One request's failure, whatever it is, must not take the process (and everyone's streams) down.
+    const task = this.#handle(req, res).catch(() => {
+      res.destroy();
+    });
+    this.#inflight.add(task);
+    void task.finally(() => this.#inflight.delete(task));
+  }
+
+  async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    let label = "unmatched";
+    res.once("close", () => this.#context.metrics.countHttp(label, res.statusCode));
+    // Keep-alive connections must not outlive a shutdown.
+    if (this.#closing) res.setHeader("Connection", "close");
+    try {
+      const url = new URL(req.url ?? "/", "http://localhost");
+      const match = this.#router.match(req.method ?? "GET", url.pathname);
+      if (match.kind === "none") {
+        throw new HttpError(404, "not_found_error", "not_found", `No route ${req.method} ${url.pathname}.`);
+      }
+      if (match.kind === "method") {
+        throw new HttpError(
+          405,
+          "invalid_request_error",
+          "method_not_allowed",
+          `${url.pathname} does not accept ${req.method}; use ${match.allow.join(" or ")}.`,
+          null,
+          { Allow: match.allow.join(", ") },
+        );
+      }
+      const { route, params } = match;
+      label = route.pattern;
+      const { apiKey } = this.#context.options;
+      if (route.auth && apiKey !== undefined) checkApiKey(req, apiKey);
+      await route.handler({ req, res, url, params });
+    } catch (error) {
+      if (error instanceof ClientGone) {
+        res.destroy();
+        return;
+      }
+      if (res.headersSent) {
+        // Mid-stream failure of the server itself: cut rather than send a response that looks complete.
+        res.destroy();
+        return;
+      }
+      sendError(res, toHttpError(error));
+    }
+  }
+}
+
+function routes(server: ServerContext): Router {
+  return new Router()
+    .add("POST", "/v1/completions", completionsRoute(server))
+    .add("POST", "/v1/chat/completions", chatCompletionsRoute(server))
+    .add("GET", "/v1/models", modelsRoute(server))
+    .add("GET", "/v1/models/:model", modelRoute(server))
+    .add("GET", "/v1/slots", slotsRoute(server))
+    .add("DELETE", "/v1/requests/:id", cancelRoute(server))
+    .add("GET", "/metrics", metricsRoute(server))
+    .add("GET", "/health", healthRoute(server), { auth: false })
+    .add("GET", "/", indexRoute(server), { auth: false })
+    .add("GET", "/web/*", webRoute(server), { auth: false });
+}
+
+/** An OpenAI-compatible HTTP server over `runtime` (see src/server/README.md). Call `listen()` to start. */
+export function createServer(runtime: Runtime, options: ServerOptions = {}): SluiceServer {
+  return new SluiceServer(runtime, options);
+}

@@ -1,0 +1,78 @@
+import type { IncomingMessage, ServerResponse } from "node:http";
+
+export interface RouteContext {
+  req: IncomingMessage;
+  res: ServerResponse;
+  url: URL;
+  /** `:name` segments by name; a trailing `*` as `params["*"]` (still percent-encoded). */
+  params: Record<string, string>;
+}
+
+export type Handler = (context: RouteContext) => Promise<void> | void;
+
+export interface Route {
+  method: string;
+  /** The pattern as written, e.g. `/v1/requests/:id`; also the `route` label of the HTTP metrics. */
+  pattern: string;
+  /** Whether the API key (when one is set) is required. */
+  auth: boolean;
+  handler: Handler;
+}
+
+interface CompiledRoute extends Route {
+  segments: readonly string[];
+  wildcard: boolean;
+}
+
+export type RouteMatch =
+  | { kind: "route"; route: Route; params: Record<string, string> }
+  /** The path exists with other methods: a 405 with `Allow`. */
+  | { kind: "method"; allow: string[] }
+  | { kind: "none" };
+
+/** A tiny exact-segment router: `:param` segments and a trailing `*`, nothing else. */
+export class Router {
+  readonly #routes: CompiledRoute[] = [];
+
+  add(method: string, pattern: string, handler: Handler, options: { auth?: boolean } = {}): this {
+    const parts = pattern.split("/").slice(1);
+    const wildcard = parts.at(-1) === "*";
+    this.#routes.push({
+      method,
+      pattern,
+      auth: options.auth ?? true,
+      handler,
+      segments: wildcard ? parts.slice(0, -1) : parts,
+      wildcard,
+    });
+    return this;
+  }
+
+  match(method: string, pathname: string): RouteMatch {
+    const parts = pathname.split("/").slice(1);
+    const allow: string[] = [];
+    for (const route of this.#routes) {
+      const params = matchPath(route, parts);
+      if (params === undefined) continue;
+      if (route.method === method) return { kind: "route", route, params };
+      allow.push(route.method);
+    }
+    return allow.length > 0 ? { kind: "method", allow } : { kind: "none" };
+  }
+}
+
+function matchPath(route: CompiledRoute, parts: readonly string[]): Record<string, string> | undefined {
+  const { segments, wildcard } = route;
+  if (wildcard ? parts.length <= segments.length : parts.length !== segments.length) return undefined;
+  const params: Record<string, string> = {};
+  for (let i = 0; i < segments.length; i++) {
+    const segment = segments[i]!;
+    const part = parts[i]!;
+    if (segment.startsWith(":")) {
+      if (part === "") return undefined;
+      params[segment.slice(1)] = part;
+    } else if (segment !== part) return undefined;
+  }
+  if (wildcard) params["*"] = parts.slice(segments.length).join("/");
+  return params;
+}

@@ -1,0 +1,165 @@
+import type { StreamChannel } from "../channel/index.ts";
+import { SluiceError } from "../errors.ts";
+import type { GenerationRequest, GenerationResult } from "../types.ts";
+import { sendJson } from "./httpErrors.ts";
+import type { ResponseShape, SluiceExtension } from "./openaiShapes.ts";
+import type { RouteContext } from "./router.ts";
+import type { ServerContext } from "./ServerContext.ts";
+import { SseWriter } from "./sse.ts";
+
+export interface GenerationPlan {
+  request: GenerationRequest & { id: string };
+  stream: boolean;
+  includeUsage: boolean;
+  shape: ResponseShape;
+}
+
+/** Cancel reasons the server passes to the channel (visible in logs and to observers). */
+export const ServerCancel = {
+  disconnected: "client disconnected",
+  deadline: "server deadline",
+  shutdown: "server shutting down",
+} as const;
+
+/**
+ * The end record of a cancelled request comes when its slot is free: at most one step after the terminal
+ * chunk. Bounded anyway so that a stalled engine cannot hold a response open forever.
+ */
+const RECORD_WAIT_MS = 30_000;
+
+/**
+ * Runs one generation for one HTTP response, streaming or not. The client going away at any point (queued,
+ * prefilling, decoding, holding back a stop-string prefix, backed up) cancels the generation at once, and
+ * the runtime frees its slot within one step.
+ */
+export async function serveGeneration(
+  server: ServerContext,
+  { req, res }: RouteContext,
+  plan: GenerationPlan,
+): Promise<void> {
+  if (server.closing)
+    throw new SluiceError("runtime_closed", "The server is shutting down; retry elsewhere.");
+  const { id } = plan.request;
+  // Before generate(): a request cancelled while queued reports its end synchronously.
+  server.ends.expect(id);
+  let channel: StreamChannel;
+  try {
+    channel = server.runtime.generate(plan.request);
+  } catch (error) {
+    server.ends.forget(id);
+    throw error;
+  }
+  server.generations.set(id, channel);
+  // The response's close, not the request's: the request closes as soon as its body is read.
+  const onClose = () => {
+    if (!res.writableFinished) channel.cancel(ServerCancel.disconnected);
+  };
+  res.on("close", onClose);
+  if (res.destroyed || req.socket.destroyed) onClose();
+  const { requestTimeoutMs } = server.options;
+  const deadline =
+    requestTimeoutMs === undefined
+      ? undefined
+      : setTimeout(() => channel.cancel(ServerCancel.deadline), requestTimeoutMs);
+  try {
+    if (plan.stream) await stream(server, res, channel, plan);
+    else await respond(server, res, channel, plan);
+  } finally {
+    clearTimeout(deadline);
+    res.off("close", onClose);
+    server.generations.delete(id);
+    server.ends.forget(id);
+  }
+}
+
+async function stream(
+  server: ServerContext,
+  res: RouteContext["res"],
+  channel: StreamChannel,
+  plan: GenerationPlan,
+): Promise<void> {
+  const { shape } = plan;
+  const sse = new SseWriter(res, server.options.keepAliveMs, { "X-Request-Id": plan.request.id });
+  server.metrics.streamsOpen++;
+  try {
+    const opening = shape.opening();
+    if (opening !== undefined) sse.data(opening);
+    for await (const chunk of channel) {
+      if (chunk.text.length === 0 || !sse.open) continue;
+      // Backed up: stop pulling. The channel merges what the runtime produces meanwhile, so a slow client
+      // costs one growing string, not a queue of events.
+      if (!sse.data(shape.delta(chunk.text))) await sse.writable();
+    }
+    const result = await channel.result;
+    if (!sse.open) return;
+    const extension = await extensionOf(server, result);
+    if (!sse.open) return;
+    sse.data(shape.finish(result, extension));
+    if (plan.includeUsage) sse.data(shape.usage(result));
+    if (result.reason === "error") {
+      sse.data(
+        JSON.stringify({
+          error: {
+            message: result.error?.message ?? "The generation failed.",
+            type: "server_error",
+            code: result.error?.code ?? "engine_error",
+          },
+        }),
+      );
+    }
+    sse.end();
+  } finally {
+    sse.dispose();
+    server.metrics.streamsOpen--;
+  }
+}
+
+async function respond(
+  server: ServerContext,
+  res: RouteContext["res"],
+  channel: StreamChannel,
+  plan: GenerationPlan,
+): Promise<void> {
+  const result = await channel.result;
+  if (res.destroyed) return;
+  const extension = await extensionOf(server, result);
+  if (res.destroyed) return;
+  const headers = { "X-Request-Id": plan.request.id };
+  if (result.reason === "error") {
+    sendJson(
+      res,
+      500,
+      {
+        error: {
+          message: result.error?.message ?? "The generation failed.",
+          type: "server_error",
+          param: null,
+          code: result.error?.code ?? "engine_error",
+        },
+        id: plan.request.id,
+      },
+      headers,
+    );
+    return;
+  }
+  sendJson(res, 200, plan.shape.body(result, extension), headers);
+}
+
+/** For a cancel, waits for the slot to be free so the client learns the measured cancel latency. */
+async function extensionOf(server: ServerContext, result: GenerationResult): Promise<SluiceExtension> {
+  const extension: SluiceExtension = {
+    reason: result.reason,
+    ...(result.stop !== undefined ? { stop: result.stop } : {}),
+    timings: result.timings,
+  };
+  if (result.reason !== "cancelled") return extension;
+  const cancel = (await server.ends.wait(result.id, RECORD_WAIT_MS))?.cancel;
+  if (cancel !== undefined) {
+    extension.cancel = {
+      stepsToFree: cancel.stepsToFree,
+      msToFree: cancel.msToFree,
+      msToTerminal: cancel.msToTerminal,
+    };
+  }
+  return extension;
+}

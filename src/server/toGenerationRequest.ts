@@ -1,0 +1,34 @@
+import type { GenerationRequest } from "../types.ts";
+import { HttpError } from "./httpErrors.ts";
+import type { ChatRequestBody, CompletionRequestBody } from "./schemas.ts";
+
+/**
+ * OpenAI sampling semantics on top of the runtime's: OpenAI has no top_k, so the whole vocabulary (0) is the
+ * default, and temperature and top_p default to 1 as in OpenAI's API (the runtime's own defaults are greedy).
+ */
+export function samplingOf(body: CompletionRequestBody | ChatRequestBody): Omit<GenerationRequest, "prompt"> {
+  const request: Omit<GenerationRequest, "prompt"> = {
+    temperature: body.temperature ?? 1,
+    topP: body.top_p ?? 1,
+    topK: body.top_k ?? 0,
+    minP: body.min_p ?? 0,
+  };
+  if (body.seed != null) request.seed = body.seed;
+  if (body.stop != null) request.stop = body.stop;
+  if (body.stream_interval != null) request.streamInterval = body.stream_interval;
+  if (body.skip_special_tokens != null) request.skipSpecialTokens = body.skip_special_tokens;
+  if (body.ignore_eos != null) request.ignoreEos = body.ignore_eos;
+  return request;
+}
+
+/** The one model this server runs; `model` may be left out. */
+export function checkModel(requested: string | undefined, served: string): void {
+  if (requested === undefined || requested === served) return;
+  throw new HttpError(
+    404,
+    "invalid_request_error",
+    "model_not_found",
+    `The model ${JSON.stringify(requested)} does not exist on this server; it serves ${JSON.stringify(served)} (see GET /v1/models).`,
+    "model",
+  );
+}

@@ -1,0 +1,183 @@
+import { request as httpRequest, type IncomingHttpHeaders } from "node:http";
+import { createParser } from "eventsource-parser";
+import type { RequestRecord } from "../../src/runtime/RequestState.ts";
+import type { Runtime } from "../../src/runtime/Runtime.ts";
+import { createServer, type ServerOptions, type SluiceServer } from "../../src/server/index.ts";
+
+export interface Served {
+  server: SluiceServer;
+  url: string;
+}
+
+export async function serve(runtime: Runtime, options: ServerOptions = {}): Promise<Served> {
+  const server = createServer(runtime, options);
+  const { url } = await server.listen(0, "127.0.0.1");
+  return { server, url };
+}
+
+/** One parsed SSE event: the JSON of a `data:` line, or the string "[DONE]". */
+// biome-ignore lint/suspicious/noExplicitAny: chunks are checked field by field in the tests.
+export type SseEvent = any;
+
+export interface SseStream {
+  /** Resolves with the status and headers as soon as they arrive. */
+  head: Promise<{ status: number; headers: IncomingHttpHeaders }>;
+  events: SseEvent[];
+  comments: string[];
+  /** Raw body text, for non-SSE answers. */
+  raw: () => string;
+  /** Resolves when the response ended or the connection closed (never rejects). */
+  done: Promise<void>;
+  /** Cut the connection now, like a client that went away. */
+  destroy(): void;
+  /** Stop / resume reading from the socket (a slow client). */
+  pause(): void;
+  resume(): void;
+}
+
+export interface PostOptions {
+  headers?: Record<string, string>;
+  onEvent?: (event: SseEvent, stream: SseStream) => void;
+  onComment?: (comment: string, stream: SseStream) => void;
+}
+
+/** POSTs JSON over its own connection (no pooling) and parses the answer as SSE as it arrives. */
+export function post(url: string, path: string, body: unknown, options: PostOptions = {}): SseStream {
+  const text = typeof body === "string" ? body : JSON.stringify(body);
+  const events: SseEvent[] = [];
+  const comments: string[] = [];
+  const chunks: Buffer[] = [];
+  let resolveHead!: (value: { status: number; headers: IncomingHttpHeaders }) => void;
+  const head = new Promise<{ status: number; headers: IncomingHttpHeaders }>((r) => {
+    resolveHead = r;
+  });
+  let resolveDone!: () => void;
+  const done = new Promise<void>((r) => {
+    resolveDone = r;
+  });
+  let response: import("node:http").IncomingMessage | undefined;
+  const req = httpRequest(`${url}${path}`, {
+    method: "POST",
+    agent: false,
+    headers: { "content-type": "application/json", ...options.headers },
+  });
+  const stream: SseStream = {
+    head,
+    events,
+    comments,
+    raw: () => Buffer.concat(chunks).toString("utf8"),
+    done,
+    destroy: () => {
+      req.destroy();
+      resolveDone();
+    },
+    pause: () => response?.pause(),
+    resume: () => response?.resume(),
+  };
+  const parser = createParser({
+    onEvent: (message) => {
+      const event = message.data === "[DONE]" ? "[DONE]" : JSON.parse(message.data);
+      events.push(event);
+      options.onEvent?.(event, stream);
+    },
+    onComment: (comment) => {
+      comments.push(comment);
+      options.onComment?.(comment, stream);
+    },
+  });
+  req.on("response", (res) => {
+    response = res;
+    resolveHead({ status: res.statusCode ?? 0, headers: res.headers });
+    res.on("data", (chunk: Buffer) => {
+      chunks.push(chunk);
+      parser.feed(chunk.toString("utf8"));
+    });
+    res.on("end", resolveDone);
+    res.on("close", resolveDone);
+    res.on("error", resolveDone);
+  });
+  req.on("error", () => resolveDone());
+  req.on("close", () => resolveDone());
+  req.end(text);
+  return stream;
+}
+
+/** /metrics as `name{labels}` → value. */
+export async function scrape(
+  url: string,
+  headers: Record<string, string> = {},
+): Promise<Map<string, number>> {
+  const res = await fetch(`${url}/metrics`, { headers });
+  if (res.status !== 200) throw new Error(`/metrics answered ${res.status}`);
+  const text = await res.text();
+  const values = new Map<string, number>();
+  for (const line of text.split("\n")) {
+    if (line.startsWith("#") || line.trim() === "") continue;
+    const space = line.lastIndexOf(" ");
+    values.set(line.slice(0, space), Number(line.slice(space + 1)));
+  }
+  return values;
+}
+
+/** Polls /metrics (bounded, yielding between tries) until nothing holds a slot or waits for one. */
+export async function idle(url: string, headers: Record<string, string> = {}): Promise<Map<string, number>> {
+  for (let attempt = 0; attempt < 400; attempt++) {
+    const m = await scrape(url, headers);
+    if (
+      m.get("sluice_slots_busy") === 0 &&
+      m.get("sluice_requests_active") === 0 &&
+      m.get("sluice_requests_queued") === 0
+    )
+      return m;
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+  throw new Error("the runtime never became idle: a slot is still held");
+}
+
+/** Every cancel so far freed its slot within one step, according to /metrics. */
+export function cancelsWithinOneStep(m: Map<string, number>): { count: number; withinOne: number } {
+  return {
+    count: m.get("sluice_cancel_latency_steps_count") ?? -1,
+    withinOne: m.get('sluice_cancel_latency_steps_bucket{le="1"}') ?? -2,
+  };
+}
+
+/** Collects the runtime's end records, and waits for the one of a given request id. */
+export class Ends {
+  readonly records = new Map<string, RequestRecord>();
+  readonly #waiting = new Map<string, (record: RequestRecord) => void>();
+
+  constructor(runtime: Runtime) {
+    runtime.observe((event) => {
+      if (event.type !== "end") return;
+      this.records.set(event.record.id, event.record);
+      this.#waiting.get(event.record.id)?.(event.record);
+    });
+  }
+
+  of(id: string): Promise<RequestRecord> {
+    const known = this.records.get(id);
+    if (known) return Promise.resolve(known);
+    return new Promise((resolve) => this.#waiting.set(id, resolve));
+  }
+}
+
+/** The text of content deltas (completion or chat). */
+export function textOf(events: SseEvent[]): string {
+  return events
+    .filter((e) => e !== "[DONE]" && e.choices?.length > 0)
+    .map((e) => e.choices[0].text ?? e.choices[0].delta?.content ?? "")
+    .join("");
+}
+
+/** A small deterministic PRNG (mulberry32), so a failing random schedule can be replayed. */
+export function random(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}

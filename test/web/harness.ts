@@ -1,0 +1,131 @@
+import { constants } from "node:fs";
+import { access } from "node:fs/promises";
+import { type Browser, chromium, type Locator, type Page } from "playwright-core";
+import { Runtime } from "../../src/runtime/Runtime.ts";
+import { createServer, type ServerOptions, type SluiceServer } from "../../src/server/index.ts";
+
+/** Debian's package; the tests never download a browser. */
+export const CHROMIUM_PATH = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
+
+const CHROMIUM_ARGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+
+/** Throws, saying how to install it, when there is no Chromium: a missing browser is a failure, not a skip. */
+export async function checkChromium(): Promise<void> {
+  try {
+    await access(CHROMIUM_PATH, constants.X_OK);
+  } catch {
+    throw new Error(
+      `No Chromium at ${CHROMIUM_PATH}. The playground's browser tests need Debian's chromium: ` +
+        `install it with "apt-get install -y chromium" (.ci/run does), or set CHROMIUM_PATH to a Chromium binary.`,
+    );
+  }
+}
+
+export async function launchChromium(): Promise<Browser> {
+  await checkChromium();
+  return chromium.launch({ executablePath: CHROMIUM_PATH, headless: true, args: CHROMIUM_ARGS });
+}
+
+/** The real runtime on the bundled model. */
+export function startRuntime(): Promise<Runtime> {
+  return Runtime.create({ slots: 4, contextSize: 512, threads: 1 });
+}
+
+export async function startServer(
+  runtime: Runtime,
+  options: ServerOptions = {},
+): Promise<{ server: SluiceServer; url: string }> {
+  const server = createServer(runtime, options);
+  const { url } = await server.listen(0, "127.0.0.1");
+  return { server, url };
+}
+
+/** The playground as a user sees it: controls found by their labels and roles. */
+export class PlaygroundPage {
+  constructor(readonly page: Page) {}
+
+  async open(url: string): Promise<void> {
+    await this.page.goto(url);
+    // The model name arrives from /v1/models once the page's script is running.
+    await this.page.waitForFunction(() => document.getElementById("model")?.textContent !== "loading…");
+  }
+
+  control(label: string): Locator {
+    return this.page.getByLabel(label, { exact: true });
+  }
+
+  async set(label: string, value: string): Promise<void> {
+    await this.control(label).fill(value);
+  }
+
+  async panes(count: number): Promise<void> {
+    await this.control("Panes").selectOption(String(count));
+  }
+
+  pane(n: number): Locator {
+    return this.page.getByRole("region", { name: `Pane ${n}`, exact: true });
+  }
+
+  button(n: number, name: "Generate" | "Stop"): Locator {
+    return this.pane(n).getByRole("button", { name, exact: true });
+  }
+
+  stat(n: number, name: "status" | "tokens" | "rate" | "ttft" | "finish" | "cancel"): Locator {
+    return this.pane(n).locator(`[data-stat="${name}"]`);
+  }
+
+  /** Waits until pane n has streamed more than `chars` characters of completion. */
+  async waitForText(n: number, chars: number): Promise<void> {
+    await this.page.waitForFunction(
+      ([n, chars]) => {
+        const output = document.querySelector(`#pane-${n} .output`);
+        const echo = output?.querySelector(".echo");
+        return (output?.textContent?.length ?? 0) - (echo?.textContent?.length ?? 0) > chars;
+      },
+      [n, chars] as const,
+    );
+  }
+
+  /** The completion text of pane n (without the echoed prompt). */
+  completion(n: number): Promise<string> {
+    return this.page.evaluate((n) => {
+      const output = document.querySelector(`#pane-${n} .output`)!;
+      return output.textContent!.slice(output.querySelector(".echo")!.textContent!.length);
+    }, n);
+  }
+
+  /** Waits for pane n's stream to end and returns its finish reason as sent by the server. */
+  async finishReason(n: number): Promise<string> {
+    await this.page.waitForFunction((n) => {
+      const pane = document.getElementById(`pane-${n}`);
+      return pane?.dataset.phase === "done";
+    }, n);
+    return (await this.stat(n, "finish").getAttribute("data-value")) ?? "";
+  }
+
+  /** Slot states as shown in the strip, e.g. ["decode", "free", …]. */
+  slotStates(): Promise<string[]> {
+    return this.page
+      .locator("#slot-strip .slot")
+      .evaluateAll((boxes) => boxes.map((box) => (box as HTMLElement).dataset.state ?? ""));
+  }
+
+  async waitForSlots(predicate: "all free" | "some busy"): Promise<void> {
+    await this.page.waitForFunction((predicate) => {
+      const states = Array.from(document.querySelectorAll<HTMLElement>("#slot-strip .slot")).map(
+        (box) => box.dataset.state,
+      );
+      if (states.length === 0) return false;
+      return predicate === "all free" ? states.every((s) => s === "free") : states.some((s) => s !== "free");
+    }, predicate);
+  }
+}
