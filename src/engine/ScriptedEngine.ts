@@ -27,8 +27,8 @@ export interface ScriptedEngineOptions {
   contextSize?: number;
   /** What a request generates, given its whole prompt. When the script runs out the engine yields EOS. Defaults to the prompt itself (without special tokens). */
   script?: (prompt: readonly number[]) => readonly number[];
-  /** Wall time of one step in ms. Defaults to 0 (one macrotask). */
-  stepMs?: number;
+  /** Wall time of one step in ms, fixed or computed from the step's items. Defaults to 0 (one macrotask). */
+  stepMs?: number | ((items: readonly StepItem[]) => number);
   /** Awaited inside every step before it resolves: lets a test act deterministically while a step is in flight. */
   onStep?: (step: ScriptedStep) => void | Promise<void>;
   faults?: readonly ScriptedFault[];
@@ -89,7 +89,8 @@ export class ScriptedEngine implements Engine {
     if (this.#closed) throw new SluiceError("engine_failed", "The engine is closed.");
     const step: ScriptedStep = { step: this.steps.length + 1, items: items.map((i) => ({ ...i })) };
     this.steps.push(step);
-    const stepMs = this.#options.stepMs ?? 0;
+    const cost = this.#options.stepMs ?? 0;
+    const stepMs = typeof cost === "function" ? cost(items) : cost;
     if (stepMs > 0) await delay(stepMs);
     else await new Promise<void>((resolve) => setImmediate(resolve));
     await this.#options.onStep?.(step);

@@ -4,7 +4,8 @@ import type { Engine, StepItem } from "../engine/Engine.ts";
 import { LlamaEngine, type LlamaEngineOptions } from "../engine/LlamaEngine.ts";
 import { SluiceError, toChunkError } from "../errors.ts";
 import type { ChunkError, GenerationRequest, Timings } from "../types.ts";
-import { type PlannedItem, planStep } from "./planStep.ts";
+import { PrefillSizer } from "./PrefillSizer.ts";
+import { type PlannedItem, planStep, type StepBudget } from "./planStep.ts";
 import { promptTail } from "./promptTail.ts";
 import { type Latch, type RequestRecord, RequestState } from "./RequestState.ts";
 import { RuntimeStats } from "./RuntimeStats.ts";
@@ -13,8 +14,18 @@ import { type NormalizedRequest, validateStreamingSubmission } from "./validate.
 export interface RuntimeOptions extends Omit<LlamaEngineOptions, "signal"> {
   /** Use this engine instead of loading a model (ScriptedEngine, a remote engine, a shared LlamaEngine). */
   engine?: Engine;
-  /** Most prompt tokens a slot reads per step; bounds cancel latency while prefilling. Defaults to 64. */
-  prefillChunkSize?: number;
+  /**
+   * Prompt tokens read per step. `"auto"` (the default) sizes chunks so that a step reading a prompt takes
+   * about `targetStepMs`, learned from the engine's measured step times; a number fixes the chunk per slot.
+   * Either way it bounds how long a decoding stream waits for a prompt and how fast a cancel lands while
+   * prefilling.
+   */
+  prefillChunkSize?: number | "auto";
+  /**
+   * Step time that automatic prefill chunks aim for. Defaults to max(50 ms, 3 decode steps): streams slow
+   * down while a prompt is read but never stall.
+   */
+  targetStepMs?: number;
   /** Most requests waiting for a slot; beyond it generate() throws `queue_full`. Defaults to 256. */
   maxQueue?: number;
   /** maxTokens when a request has none. Defaults to 256 (capped by the room left in the context). */
@@ -51,7 +62,9 @@ export type RuntimeEvent =
 export class Runtime {
   readonly engine: Engine;
   readonly stats: RuntimeStats;
-  readonly #budget: { prefillChunk: number; maxStepTokens: number };
+  readonly #budget: StepBudget;
+  /** Sizes prefill chunks by measured step time; undefined when the chunk size is fixed. */
+  readonly #sizer: PrefillSizer | undefined;
   readonly #maxQueue: number;
   readonly #defaultMaxTokens: number;
   readonly #addBos: boolean;
@@ -76,7 +89,19 @@ export class Runtime {
       engine.info.slots + 1,
       (engine as { batchSize?: number }).batchSize ?? 512,
     );
-    this.#budget = { prefillChunk: Math.max(1, options.prefillChunkSize ?? 64), maxStepTokens };
+    const fixed =
+      typeof options.prefillChunkSize === "number" ? Math.max(1, Math.floor(options.prefillChunkSize)) : 0;
+    this.#budget = { prefillChunk: fixed, prefillBudget: fixed > 0 ? maxStepTokens : 0, maxStepTokens };
+    this.#sizer =
+      fixed > 0
+        ? undefined
+        : new PrefillSizer({
+            ...(options.targetStepMs !== undefined ? { targetStepMs: options.targetStepMs } : {}),
+            min: 8,
+            max: Math.min(512, maxStepTokens - engine.info.slots),
+            // Start small: the first chunk is read before anything is known about the model's speed.
+            initial: 8,
+          });
     this.#maxQueue = options.maxQueue ?? 256;
     this.#defaultMaxTokens = options.defaultMaxTokens ?? 256;
     this.#addBos = (engine as { addBos?: boolean }).addBos ?? engine.info.vocabulary.addBos;
@@ -228,6 +253,7 @@ export class Runtime {
         const running = this.#slots.filter(
           (s): s is RequestState => s !== undefined && s.phase !== "finished",
         );
+        if (this.#sizer) this.#budget.prefillChunk = this.#budget.prefillBudget = this.#sizer.chunk;
         const planned = planStep(running, this.#budget);
         if (planned.length === 0) {
           await new Promise<void>((resolve) => {
@@ -248,7 +274,11 @@ export class Runtime {
   async #step(planned: PlannedItem[]): Promise<void> {
     const items = planned.map((p) => p.item);
     // Structurally impossible (finished slots are evicted before planning); counted so a regression shows.
-    for (const p of planned) if (p.state.cancelledAt) this.stats.tokensAfterCancel += p.item.tokens.length;
+    let promptTokens = 0;
+    for (const p of planned) {
+      if (p.state.cancelledAt) this.stats.tokensAfterCancel += p.item.tokens.length;
+      if (p.state.phase === "prefill") promptTokens += p.item.tokens.length;
+    }
     const started = performance.now();
     let outcomes: Awaited<ReturnType<Engine["step"]>>;
     try {
@@ -261,6 +291,7 @@ export class Runtime {
     this.#stepsCompleted++;
     const now = performance.now();
     this.stats.step(now - started, items);
+    this.#sizer?.observe(now - started, promptTokens);
     for (let i = 0; i < planned.length; i++) {
       const { state, item } = planned[i]!;
       // Cancelled while the step was in flight: its terminal chunk is already out; the result is dropped.

@@ -4,6 +4,8 @@ import type { RequestState } from "./RequestState.ts";
 export interface StepBudget {
   /** Most prompt tokens one slot reads in one step: the cancellation granularity while prefilling. */
   prefillChunk: number;
+  /** Most prompt tokens all slots together read in one step (bounds the step's duration). */
+  prefillBudget: number;
   /** Most tokens in one step across all slots. */
   maxStepTokens: number;
 }
@@ -15,8 +17,9 @@ export interface PlannedItem {
 
 /**
  * Decides one step. Every decoding slot gets its token first, so a long prompt never starves a stream; the
- * rest of the budget goes to prefilling slots in admission order, one chunk each. The chunk that ends a prompt
- * also samples the first token.
+ * rest of the budget goes to prefilling slots in admission order (the oldest prompt finishes first, which
+ * gives the best average time to first token), at most one chunk each. The chunk that ends a prompt also
+ * samples the first token.
  */
 export function planStep(running: readonly RequestState[], budget: StepBudget): PlannedItem[] {
   const planned: PlannedItem[] = [];
@@ -29,10 +32,11 @@ export function planStep(running: readonly RequestState[], budget: StepBudget): 
     });
     left -= 1;
   }
+  let prefillLeft = budget.prefillBudget;
   for (const state of running) {
-    if (state.phase !== "prefill" || left <= 0) continue;
+    if (state.phase !== "prefill" || left <= 0 || prefillLeft <= 0) continue;
     const prompt = state.request.promptTokens;
-    const take = Math.min(budget.prefillChunk, left, prompt.length - state.prefilled);
+    const take = Math.min(budget.prefillChunk, prefillLeft, left, prompt.length - state.prefilled);
     const end = state.prefilled + take;
     const last = end === prompt.length;
     planned.push({
@@ -44,6 +48,7 @@ export function planStep(running: readonly RequestState[], budget: StepBudget): 
       },
     });
     left -= take;
+    prefillLeft -= take;
   }
   return planned;
 }

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
+import type { StepItem } from "../../src/engine/Engine.ts";
 import { SluiceError } from "../../src/errors.ts";
 import type { CancelRecord } from "../../src/runtime/RequestState.ts";
 import { drain, scriptedRuntime, slotsOf } from "../helpers/scripted.ts";
@@ -64,6 +65,27 @@ describe("runtime on the scripted engine: natural finishes", () => {
     );
     assert.ok(text.isWellFormed(), "stream text must be well-formed");
     assert.ok(!text.includes("\uFFFD"), `leaked a replacement character: ${JSON.stringify(text)}`);
+    await runtime.close();
+  });
+});
+
+describe("runtime on the scripted engine: a consumer that never reads", () => {
+  test("20,000 unread tokens: the chunks read at the end carry every token and character", async () => {
+    const text = "And God said, Let there be light: and there was light. ".repeat(400);
+    const { runtime, engine } = await scriptedRuntime({
+      contextSize: 32_768,
+      script: () => engine.encode(text).slice(0, 20_000),
+    });
+    const channel = runtime.generate({ prompt: "p", maxTokens: 20_000 });
+    const result = await channel.result;
+    const chunks = [];
+    for (let chunk = channel.tryPop(); chunk !== undefined; chunk = channel.tryPop()) chunks.push(chunk);
+    assert.equal(result.reason, "length");
+    assert.ok(chunks.length <= 2, `a lagging consumer gets merged deltas, got ${chunks.length} chunks`);
+    assert.equal(chunks.at(-1)?.finished, true);
+    assert.equal(chunks.flatMap((c) => c.tokenIds).length, 20_000);
+    assert.equal(chunks.map((c) => c.text).join(""), text.slice(0, 20_000));
+    assert.equal(result.text, text.slice(0, 20_000));
     await runtime.close();
   });
 });
@@ -243,6 +265,46 @@ describe("runtime on the scripted engine: scheduling", () => {
     const decodingSlot = engine.steps[0]!.items[0]!.slot;
     for (const step of withLong.slice(0, -1))
       assert.ok(slotsOf(step).includes(decodingSlot), `step ${step.step} starved the decoding slot`);
+    await runtime.close();
+  });
+
+  test("automatic prefill chunks shrink to keep a slow engine's steps near the target", async () => {
+    // 2 ms per prompt token: a 40 ms target allows about 20 prompt tokens per step. Timers never fire early
+    // by more than a millisecond, so a loaded machine can only make the measured cost higher and chunks
+    // smaller: the upper bound below cannot be met by luck.
+    const promptCost = (items: readonly StepItem[]) =>
+      items.reduce((ms, i) => ms + (i.tokens.length > 1 ? 2 * i.tokens.length : 0), 0);
+    const { runtime, engine } = await scriptedRuntime(
+      { slots: 2, contextSize: 2048, stepMs: promptCost, script: () => engine.encode(SCRIPT_TEXT) },
+      { targetStepMs: 40 },
+    );
+    const long = runtime.generate({ prompt: "L".repeat(300), maxTokens: 2 });
+    await drain(long);
+    const chunks = engine.steps.map((s) => s.items[0]!.tokens.length).filter((n) => n > 1);
+    assert.equal(chunks[0], 8, "the first chunk is the initial size");
+    // The last chunk is whatever remains of the prompt.
+    assert.ok(
+      chunks.slice(1, -1).every((n) => n >= 8 && n <= 24),
+      `chunks after learning: ${chunks.join(",")}`,
+    );
+    assert.equal(
+      chunks.reduce((a, b) => a + b, 0),
+      301,
+      "every prompt token read exactly once",
+    );
+    await runtime.close();
+  });
+
+  test("several prompts prefilling at once share one step budget, oldest first", async () => {
+    const { runtime, engine } = await scriptedRuntime({ slots: 3, contextSize: 2048 }, { targetStepMs: 40 });
+    const prompts = ["a", "b", "c"].map((c) => runtime.generate({ prompt: c.repeat(100), maxTokens: 1 }));
+    await Promise.all(prompts.map(drain));
+    const first = engine.steps[0]!;
+    assert.deepEqual(
+      first.items.map((i) => i.tokens.length),
+      [8],
+      "the initial budget goes to the oldest prompt",
+    );
     await runtime.close();
   });
 

@@ -1,0 +1,70 @@
+/**
+ * Sizes prefill chunks by time rather than by a fixed token count. A step that reads a prompt chunk delays
+ * every decoding stream by that chunk's cost and bounds how fast a cancel lands while prefilling, so what
+ * matters is how long the step takes, and that differs by orders of magnitude between models (a tiny model
+ * reads 64 prompt tokens in 9 ms on a CPU, a 0.5B one in about a second).
+ *
+ * Step time is modelled as `base + perToken * promptTokens`: `base` is learned from steps without prompt
+ * tokens, `perToken` from steps with them. The chunk is the number of prompt tokens that keeps a step near
+ * the target, within [min, max]. Until the per-token cost is measured the initial chunk is used.
+ *
+ * The target defaults to max(floorMs, 3 × base): on a CPU prompt tokens are never free, so every prompt token
+ * read is time taken from the streams; three decode steps' worth keeps a prefill moving while streams slow
+ * down rather than stall, and the floor keeps tiny models (a 1 ms decode step) from reading prompts in slivers.
+ */
+export class PrefillSizer {
+  readonly #target: number | undefined;
+  readonly #floor: number;
+  readonly #min: number;
+  readonly #max: number;
+  readonly #initial: number;
+  #base: number | undefined;
+  #perToken: number | undefined;
+
+  constructor(options: {
+    targetStepMs?: number;
+    floorMs?: number;
+    min: number;
+    max: number;
+    initial: number;
+  }) {
+    this.#target = options.targetStepMs;
+    this.#floor = options.floorMs ?? 50;
+    this.#min = Math.max(1, Math.floor(options.min));
+    this.#max = Math.max(this.#min, Math.floor(options.max));
+    this.#initial = Math.min(this.#max, Math.max(this.#min, Math.floor(options.initial)));
+  }
+
+  /** The step time the chunks aim for, in ms. */
+  get targetMs(): number {
+    return this.#target ?? Math.max(this.#floor, 3 * (this.#base ?? 0));
+  }
+
+  /** Prompt tokens one slot may read in the next step. */
+  get chunk(): number {
+    const base = this.#base;
+    const perToken = this.#perToken;
+    if (perToken === undefined) return this.#initial;
+    const target = this.#target ?? Math.max(this.#floor, 3 * (base ?? 0));
+    const room = target - (base ?? 0);
+    const tokens = perToken > 0 ? Math.floor(room / perToken) : this.#max;
+    return Math.min(this.#max, Math.max(this.#min, tokens));
+  }
+
+  /** Learn from a finished step: its wall time and how many prompt tokens it read. */
+  observe(stepMs: number, promptTokens: number): void {
+    if (!(stepMs >= 0)) return;
+    if (promptTokens === 0) {
+      this.#base = ewma(this.#base, stepMs);
+      return;
+    }
+    // Small chunks say little about the per-token cost (the fixed part dominates); they are learned anyway,
+    // with the fixed part taken out, so a slow model is detected on its first chunk.
+    const perToken = Math.max(0, stepMs - (this.#base ?? 0)) / promptTokens;
+    this.#perToken = ewma(this.#perToken, perToken);
+  }
+}
+
+function ewma(previous: number | undefined, sample: number): number {
+  return previous === undefined ? sample : previous * 0.7 + sample * 0.3;
+}

@@ -1,0 +1,73 @@
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import fc from "fast-check";
+import { PrefillSizer } from "../../src/runtime/PrefillSizer.ts";
+
+const bounds = { min: 8, max: 512, initial: 32 };
+
+/** Feeds the sizer steps from a linear cost model, the way the runtime would. */
+function train(sizer: PrefillSizer, baseMs: number, perTokenMs: number, steps = 20): void {
+  for (let i = 0; i < steps; i++) {
+    sizer.observe(baseMs, 0);
+    const chunk = sizer.chunk;
+    sizer.observe(baseMs + perTokenMs * chunk, chunk);
+  }
+}
+
+describe("PrefillSizer", () => {
+  test("uses the initial chunk until it has measured a prompt step", () => {
+    const sizer = new PrefillSizer(bounds);
+    assert.equal(sizer.chunk, 32);
+    sizer.observe(2, 0);
+    assert.equal(sizer.chunk, 32);
+  });
+
+  test("a fast model gets large chunks, a slow one small chunks", () => {
+    const tiny = new PrefillSizer(bounds);
+    train(tiny, 1.3, 0.13); // the bundled model on one core
+    assert.equal(tiny.targetMs, 50);
+    assert.ok(tiny.chunk >= 350 && tiny.chunk <= 380, `tiny chunk ${tiny.chunk}`);
+    const edge = new PrefillSizer(bounds);
+    train(edge, 35, 5); // a 0.5B-class model on two cores
+    assert.ok(Math.abs(edge.targetMs - 105) < 1, `edge target ${edge.targetMs}`);
+    assert.equal(edge.chunk, 14);
+  });
+
+  test("an explicit target is honoured", () => {
+    const sizer = new PrefillSizer({ ...bounds, targetStepMs: 20 });
+    train(sizer, 2, 0.5);
+    assert.equal(sizer.chunk, 36);
+  });
+
+  test("property: a converged chunk keeps the modelled step within the target or at the bounds", () => {
+    fc.assert(
+      fc.property(
+        fc.double({ min: 0.1, max: 200, noNaN: true }),
+        fc.double({ min: 0.001, max: 50, noNaN: true }),
+        (base, perToken) => {
+          const sizer = new PrefillSizer(bounds);
+          train(sizer, base, perToken, 40);
+          const chunk = sizer.chunk;
+          assert.ok(chunk >= bounds.min && chunk <= bounds.max, `chunk ${chunk} out of bounds`);
+          const step = base + perToken * chunk;
+          if (chunk > bounds.min)
+            assert.ok(step <= sizer.targetMs * 1.05, `step ${step} over target ${sizer.targetMs}`);
+          if (chunk < bounds.max) {
+            assert.ok(
+              base + perToken * (chunk + 1) > sizer.targetMs * 0.95,
+              `chunk ${chunk} leaves room under the target`,
+            );
+          }
+        },
+      ),
+      { numRuns: 500 },
+    );
+  });
+
+  test("ignores nonsense timings", () => {
+    const sizer = new PrefillSizer(bounds);
+    sizer.observe(Number.NaN, 10);
+    sizer.observe(-1, 10);
+    assert.equal(sizer.chunk, 32);
+  });
+});
