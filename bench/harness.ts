@@ -255,18 +255,28 @@ export function benchArgs(argv: readonly string[] = process.argv.slice(2)): Benc
 
 export const RESULTS_DIR = new URL("./results/", import.meta.url);
 
-/** Writes bench/results/<name>.json (and <name>.svg when a chart is given); returns the paths written. */
-export async function writeResults(name: string, data: unknown, svg?: string): Promise<string[]> {
-  await mkdir(RESULTS_DIR, { recursive: true });
+/**
+ * Writes bench/results/<name>.json (and <name>.svg when a chart is given) and prints where. Smoke runs go to
+ * bench/results/tmp/ (gitignored), so they never replace the full run that BENCHMARKS.md quotes.
+ */
+export async function writeResults(
+  name: string,
+  data: unknown,
+  svg: string | undefined,
+  options: { quick: boolean },
+): Promise<string[]> {
+  const dir = options.quick ? new URL("./tmp/", RESULTS_DIR) : RESULTS_DIR;
+  await mkdir(dir, { recursive: true });
   const written: string[] = [];
-  const json = new URL(`${name}.json`, RESULTS_DIR);
+  const json = new URL(`${name}.json`, dir);
   await writeFile(json, `${JSON.stringify(data, roundForJson, 2)}\n`);
   written.push(fileURLToPath(json));
   if (svg !== undefined) {
-    const chart = new URL(`${name}.svg`, RESULTS_DIR);
+    const chart = new URL(`${name}.svg`, dir);
     await writeFile(chart, svg);
     written.push(fileURLToPath(chart));
   }
+  console.log(`\nwrote ${written.map((path) => path.slice(path.indexOf("bench/"))).join(", ")}`);
   return written;
 }
 
@@ -275,4 +285,23 @@ function roundForJson(_key: string, value: unknown): unknown {
   if (typeof value !== "number" || Number.isInteger(value)) return value;
   if (!Number.isFinite(value)) return null;
   return Number(value.toFixed(Math.abs(value) >= 100 ? 1 : 4));
+}
+
+/**
+ * Median over rounds of `ours[i] / theirs[i]`, with the spread. Pairing each run with the alternative's run
+ * of the same round cancels machine drift better than a ratio of two medians.
+ */
+export function pairedRatio(
+  ours: readonly number[],
+  theirs: readonly number[],
+): { median: number; min: number; max: number } {
+  const ratios = ours
+    .slice(0, theirs.length)
+    .map((value, i) => value / theirs[i]!)
+    .sort((a, b) => a - b);
+  return {
+    median: median(ratios),
+    min: ratios[0] ?? Number.NaN,
+    max: ratios[ratios.length - 1] ?? Number.NaN,
+  };
 }

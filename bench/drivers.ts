@@ -1,0 +1,139 @@
+/**
+ * How the engine benchmarks drive each side: Sluice through its public Runtime and channels, node-llama-cpp
+ * through its own API with its default batching (what its users get). Both read the same token ids.
+ */
+import type { LlamaContext, LlamaContextSequence } from "node-llama-cpp";
+import type { StreamChannel } from "../src/channel/index.ts";
+import type { StepItem } from "../src/engine/Engine.ts";
+import type { RequestRecord } from "../src/runtime/RequestState.ts";
+import type { Runtime } from "../src/runtime/Runtime.ts";
+import type { FinishReason } from "../src/types.ts";
+import type { BenchModel, LoadedModel } from "./models.ts";
+
+export interface StepEvent {
+  step: number;
+  items: readonly StepItem[];
+  /** When the runtime reported the step done (performance.now()). */
+  at: number;
+}
+
+/** Subscribes to a runtime: request-end records by id (the slot is free when one arrives) and steps. */
+export class RuntimeWatch {
+  readonly steps: StepEvent[] = [];
+  recordSteps = false;
+  readonly #records = new Map<string, RequestRecord>();
+  readonly #waiting = new Map<string, (record: RequestRecord) => void>();
+  readonly #stop: () => void;
+
+  constructor(runtime: Runtime) {
+    this.#stop = runtime.observe((event) => {
+      if (event.type === "step") {
+        if (this.recordSteps)
+          this.steps.push({ step: event.step, items: event.items, at: performance.now() });
+        return;
+      }
+      const resolve = this.#waiting.get(event.record.id);
+      if (resolve) {
+        this.#waiting.delete(event.record.id);
+        resolve(event.record);
+      } else this.#records.set(event.record.id, event.record);
+    });
+  }
+
+  /** Resolves with the request's record once its slot (or queue place) is given back. */
+  ended(id: string): Promise<RequestRecord> {
+    const record = this.#records.get(id);
+    if (record) {
+      this.#records.delete(id);
+      return Promise.resolve(record);
+    }
+    return new Promise((resolve) => this.#waiting.set(id, resolve));
+  }
+
+  close(): void {
+    this.#stop();
+  }
+}
+
+export interface StreamTrace {
+  tokens: number;
+  /** Arrival time of every token (a coalesced chunk gives its tokens one shared time). */
+  tokenTimes: number[];
+  terminalAt: number;
+  reason: FinishReason | undefined;
+}
+
+/** Reads a channel to its terminal chunk the way an application would (for await), timing each token. */
+export async function readStream(channel: StreamChannel, onFirstToken?: () => void): Promise<StreamTrace> {
+  const tokenTimes: number[] = [];
+  let reason: FinishReason | undefined;
+  for await (const chunk of channel) {
+    const now = performance.now();
+    const first = tokenTimes.length === 0;
+    for (let i = 0; i < chunk.tokenIds.length; i++) tokenTimes.push(now);
+    if (first && tokenTimes.length > 0) onFirstToken?.();
+    if (chunk.finished) reason = chunk.reason;
+  }
+  return { tokens: tokenTimes.length, tokenTimes, terminalAt: performance.now(), reason };
+}
+
+export interface NlcContext {
+  context: LlamaContext;
+  sequences: LlamaContextSequence[];
+  dispose(): Promise<void>;
+}
+
+/**
+ * A node-llama-cpp context as its users create one: the same sequences, context size and threads as the
+ * Sluice side, default batching (`maximumParallelism`, batch size min(512, context × sequences)).
+ */
+export async function nlcContext(
+  loaded: LoadedModel,
+  spec: BenchModel,
+  sequences: number,
+): Promise<NlcContext> {
+  const context = await loaded.model.createContext({
+    sequences,
+    contextSize: spec.contextSize,
+    threads: spec.threads,
+  });
+  const list = Array.from({ length: sequences }, () => context.getSequence());
+  return { context, sequences: list, dispose: () => context.dispose() };
+}
+
+/** Gaps between consecutive token arrivals, in ms. */
+export function gaps(times: readonly number[]): number[] {
+  const out: number[] = [];
+  for (let i = 1; i < times.length; i++) out.push(times[i]! - times[i - 1]!);
+  return out;
+}
+
+export interface DecodeCounter {
+  readonly count: number;
+}
+
+/**
+ * Counts a node-llama-cpp context's `llama_decode` calls (batches), to explain throughput differences.
+ * Instrumentation only: it wraps the context's private native handle, forwarding every call unchanged, and
+ * gives up (undefined) if the library's internals ever look different.
+ */
+export function countDecodes(context: LlamaContext): DecodeCounter | undefined {
+  const holder = context as unknown as { _ctx?: Record<string | symbol, unknown> };
+  const native = holder._ctx;
+  if (native === undefined || typeof native.decodeBatch !== "function") return undefined;
+  const counter = { count: 0 };
+  holder._ctx = new Proxy(native, {
+    get(target, key) {
+      const value = target[key];
+      if (typeof value !== "function") return value;
+      if (key === "decodeBatch") {
+        return (...args: unknown[]) => {
+          counter.count++;
+          return (value as (...a: unknown[]) => unknown).apply(target, args);
+        };
+      }
+      return (value as (...a: unknown[]) => unknown).bind(target);
+    },
+  });
+  return counter;
+}
