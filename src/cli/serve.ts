@@ -14,7 +14,8 @@ Options:
   --slots <n>             concurrent generations (default 4)
   --threads <n>           CPU threads (default: half the cores)
   --context-size <n>      tokens per slot (default: the model's, at most 2048)
-  --prefill-chunk <n>     most prompt tokens a slot reads per step (default 64)
+  --prefill-chunk <n>     fixed prompt tokens a slot reads per step (default: sized by step time)
+  --target-step-ms <ms>   step time automatic prefill chunks aim for (default max(50, 3 decode steps))
   --max-queue <n>         most requests waiting for a slot; beyond it 429 (default 256)
   --api-key <key>         require "Authorization: Bearer <key>" (default: env SLUICE_API_KEY, else none)
   --max-body <bytes>      largest request body (default 1048576)
@@ -46,6 +47,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
       threads: { type: "string" },
       "context-size": { type: "string" },
       "prefill-chunk": { type: "string" },
+      "target-step-ms": { type: "string" },
       "max-queue": { type: "string" },
       "api-key": { type: "string" },
       "max-body": { type: "string" },
@@ -74,6 +76,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
       threads: integer(values.threads, "--threads", 1),
       contextSize: integer(values["context-size"], "--context-size", 16),
       prefillChunkSize: integer(values["prefill-chunk"], "--prefill-chunk", 1),
+      targetStepMs: integer(values["target-step-ms"], "--target-step-ms", 1),
       maxQueue: integer(values["max-queue"], "--max-queue", 0),
       onLoadProgress: (p: number) => {
         const percent = Math.floor(p * 10) * 10;

@@ -22,8 +22,9 @@ export interface RuntimeOptions extends Omit<LlamaEngineOptions, "signal"> {
    */
   prefillChunkSize?: number | "auto";
   /**
-   * Step time that automatic prefill chunks aim for. Defaults to max(50 ms, 3 decode steps): streams slow
-   * down while a prompt is read but never stall.
+   * Step time that automatic prefill chunks aim for while streams are decoding (four times it when only
+   * prompts are being read). Defaults to max(50 ms, 3 decode steps): streams slow down while a prompt is
+   * read but never stall.
    */
   targetStepMs?: number;
   /** Most requests waiting for a slot; beyond it generate() throws `queue_full`. Defaults to 256. */
@@ -253,7 +254,10 @@ export class Runtime {
         const running = this.#slots.filter(
           (s): s is RequestState => s !== undefined && s.phase !== "finished",
         );
-        if (this.#sizer) this.#budget.prefillChunk = this.#budget.prefillBudget = this.#sizer.chunk;
+        if (this.#sizer) {
+          const decoding = running.some((s) => s.phase === "decode");
+          this.#budget.prefillChunk = this.#budget.prefillBudget = this.#sizer.chunk(decoding);
+        }
         const planned = planStep(running, this.#budget);
         if (planned.length === 0) {
           await new Promise<void>((resolve) => {

@@ -9,7 +9,7 @@ const bounds = { min: 8, max: 512, initial: 32 };
 function train(sizer: PrefillSizer, baseMs: number, perTokenMs: number, steps = 20): void {
   for (let i = 0; i < steps; i++) {
     sizer.observe(baseMs, 0);
-    const chunk = sizer.chunk;
+    const chunk = sizer.chunk(true);
     sizer.observe(baseMs + perTokenMs * chunk, chunk);
   }
 }
@@ -17,26 +17,28 @@ function train(sizer: PrefillSizer, baseMs: number, perTokenMs: number, steps = 
 describe("PrefillSizer", () => {
   test("uses the initial chunk until it has measured a prompt step", () => {
     const sizer = new PrefillSizer(bounds);
-    assert.equal(sizer.chunk, 32);
+    assert.equal(sizer.chunk(true), 32);
     sizer.observe(2, 0);
-    assert.equal(sizer.chunk, 32);
+    assert.equal(sizer.chunk(true), 32);
   });
 
   test("a fast model gets large chunks, a slow one small chunks", () => {
     const tiny = new PrefillSizer(bounds);
     train(tiny, 1.3, 0.13); // the bundled model on one core
     assert.equal(tiny.targetMs, 50);
-    assert.ok(tiny.chunk >= 350 && tiny.chunk <= 380, `tiny chunk ${tiny.chunk}`);
+    assert.ok(tiny.chunk(true) >= 350 && tiny.chunk(true) <= 380, `tiny chunk ${tiny.chunk(true)}`);
     const edge = new PrefillSizer(bounds);
     train(edge, 35, 5); // a 0.5B-class model on two cores
     assert.ok(Math.abs(edge.targetMs - 105) < 1, `edge target ${edge.targetMs}`);
-    assert.equal(edge.chunk, 14);
+    assert.equal(edge.chunk(true), 14);
+    // Only prompts in flight: four times the target.
+    assert.equal(edge.chunk(false), Math.floor((4 * 105 - 35) / 5));
   });
 
   test("an explicit target is honoured", () => {
     const sizer = new PrefillSizer({ ...bounds, targetStepMs: 20 });
     train(sizer, 2, 0.5);
-    assert.equal(sizer.chunk, 36);
+    assert.equal(sizer.chunk(true), 36);
   });
 
   test("property: a converged chunk keeps the modelled step within the target or at the bounds", () => {
@@ -47,7 +49,7 @@ describe("PrefillSizer", () => {
         (base, perToken) => {
           const sizer = new PrefillSizer(bounds);
           train(sizer, base, perToken, 40);
-          const chunk = sizer.chunk;
+          const chunk = sizer.chunk(true);
           assert.ok(chunk >= bounds.min && chunk <= bounds.max, `chunk ${chunk} out of bounds`);
           const step = base + perToken * chunk;
           if (chunk > bounds.min)
@@ -64,10 +66,12 @@ describe("PrefillSizer", () => {
     );
   });
 
-  test("ignores nonsense timings", () => {
+  test("ignores nonsense timings and prompts too short to tell the per-token cost", () => {
     const sizer = new PrefillSizer(bounds);
+    sizer.observe(0.1, 1);
+    sizer.observe(3, 7);
     sizer.observe(Number.NaN, 10);
     sizer.observe(-1, 10);
-    assert.equal(sizer.chunk, 32);
+    assert.equal(sizer.chunk(true), 32);
   });
 });

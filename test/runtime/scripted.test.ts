@@ -3,7 +3,7 @@ import { describe, test } from "node:test";
 import type { StepItem } from "../../src/engine/Engine.ts";
 import { SluiceError } from "../../src/errors.ts";
 import type { CancelRecord } from "../../src/runtime/RequestState.ts";
-import { drain, scriptedRuntime, slotsOf } from "../helpers/scripted.ts";
+import { bundledVocabulary, drain, scriptedRuntime, slotsOf } from "../helpers/scripted.ts";
 
 const SCRIPT_TEXT = "In the beginning God created the heaven and the earth.";
 
@@ -54,6 +54,32 @@ describe("runtime on the scripted engine: natural finishes", () => {
     assert.equal(terminal.reason, "stop");
     assert.equal(terminal.stop, comma);
     assert.equal(text, "In the beginning ");
+    await runtime.close();
+  });
+
+  test("special-token policy is per request, even for requests sharing every step", async () => {
+    const vocabulary = await bundledVocabulary();
+    const [think, endThink] = [4094, 4095];
+    assert.equal(vocabulary.tokenString(think), "<think>");
+    const { runtime, engine } = await scriptedRuntime({
+      slots: 2,
+      script: () => [think, ...engine.encode("hmm"), endThink, ...engine.encode("Amen.")],
+    });
+    const hidden = runtime.generate({ prompt: "a", maxTokens: 20 });
+    const shown = runtime.generate({ prompt: "b", maxTokens: 20, skipSpecialTokens: false });
+    const [h, s] = await Promise.all([drain(hidden), drain(shown)]);
+    assert.ok(
+      engine.steps.some((step) => step.items.length === 2),
+      "the two requests never shared a step",
+    );
+    assert.equal(h.text, "hmmAmen.");
+    assert.equal(s.text, "<think>hmm</think>Amen.<|endoftext|>");
+    assert.deepEqual(h.ids, s.ids, "token ids keep special tokens whatever the text policy");
+    // A kept control token is never split across chunks.
+    assert.ok(
+      s.chunks.some((c) => c.text.includes("</think>")),
+      "</think> was cut across chunks",
+    );
     await runtime.close();
   });
 
@@ -268,31 +294,44 @@ describe("runtime on the scripted engine: scheduling", () => {
     await runtime.close();
   });
 
-  test("automatic prefill chunks shrink to keep a slow engine's steps near the target", async () => {
-    // 2 ms per prompt token: a 40 ms target allows about 20 prompt tokens per step. Timers never fire early
-    // by more than a millisecond, so a loaded machine can only make the measured cost higher and chunks
-    // smaller: the upper bound below cannot be met by luck.
+  test("automatic prefill chunks keep a slow engine's steps near the target", async () => {
+    // 2 ms per prompt token: a 40 ms target allows about 20 prompt tokens per step while a stream decodes,
+    // and four times that for a prompt read alone. Timers never fire early by more than a millisecond, so a
+    // loaded machine can only make the measured cost higher and chunks smaller: the upper bounds below
+    // cannot be met by luck.
     const promptCost = (items: readonly StepItem[]) =>
       items.reduce((ms, i) => ms + (i.tokens.length > 1 ? 2 * i.tokens.length : 0), 0);
-    const { runtime, engine } = await scriptedRuntime(
-      { slots: 2, contextSize: 2048, stepMs: promptCost, script: () => engine.encode(SCRIPT_TEXT) },
-      { targetStepMs: 40 },
-    );
-    const long = runtime.generate({ prompt: "L".repeat(300), maxTokens: 2 });
-    await drain(long);
-    const chunks = engine.steps.map((s) => s.items[0]!.tokens.length).filter((n) => n > 1);
-    assert.equal(chunks[0], 8, "the first chunk is the initial size");
-    // The last chunk is whatever remains of the prompt.
-    assert.ok(
-      chunks.slice(1, -1).every((n) => n >= 8 && n <= 24),
-      `chunks after learning: ${chunks.join(",")}`,
-    );
-    assert.equal(
-      chunks.reduce((a, b) => a + b, 0),
-      301,
-      "every prompt token read exactly once",
-    );
-    await runtime.close();
+    for (const withStream of [true, false]) {
+      const { runtime, engine } = await scriptedRuntime(
+        {
+          slots: 2,
+          contextSize: 2048,
+          stepMs: promptCost,
+          script: () => engine.encode(SCRIPT_TEXT.repeat(3)),
+        },
+        { targetStepMs: 40 },
+      );
+      const stream = withStream
+        ? runtime.generate({ prompt: engine.encode("d"), maxTokens: 150, ignoreEos: true })
+        : undefined;
+      if (stream) await stream.waitPop();
+      await drain(runtime.generate({ prompt: "L".repeat(300), maxTokens: 2 }));
+      stream?.cancel();
+      const chunks = engine.steps.flatMap((s) => s.items.map((i) => i.tokens.length)).filter((n) => n > 1);
+      const bound = withStream ? 24 : 84;
+      assert.equal(chunks[0], 8, "the first chunk is the initial size");
+      // The last chunk is whatever remains of the prompt.
+      assert.ok(
+        chunks.slice(1, -1).every((n) => n >= 8 && n <= bound),
+        `${withStream ? "with" : "without"} a decoding stream: ${chunks.join(",")}`,
+      );
+      assert.equal(
+        chunks.reduce((a, b) => a + b, 0),
+        301,
+        "every prompt token read exactly once",
+      );
+      await runtime.close();
+    }
   });
 
   test("several prompts prefilling at once share one step budget, oldest first", async () => {
