@@ -8,6 +8,7 @@
 import { fileURLToPath } from "node:url";
 import { OutputProcessor, type OutputProcessorOptions } from "../src/detok/OutputProcessor.ts";
 import { Vocabulary } from "../src/detok/Vocabulary.ts";
+import { greedyTokenize } from "./corpus.ts";
 
 const TOKENS = Number(process.argv[2] ?? 1_000_000);
 const NAIVE_TOKENS = 5_000;
@@ -33,24 +34,7 @@ let sink = 0;
 
 /** Greedy longest-match over the real vocabulary: a stream of real ids whose text is the passage. */
 function tokenizeGreedy(text: string): number[] {
-  const byText = new Map<string, number>();
-  let longest = 1;
-  for (let id = 0; id < vocabulary.size; id++) {
-    const piece = vocabulary.textOf(id);
-    if (piece === undefined || piece === "" || vocabulary.isSpecial(id)) continue;
-    if (!byText.has(piece)) byText.set(piece, id);
-    longest = Math.max(longest, piece.length);
-  }
-  const ids: number[] = [];
-  for (let at = 0; at < text.length; ) {
-    let length = Math.min(longest, text.length - at);
-    while (length > 1 && !byText.has(text.slice(at, at + length))) length--;
-    const id = byText.get(text.slice(at, at + length));
-    if (id === undefined) throw new Error(`no token for ${JSON.stringify(text[at])}`);
-    ids.push(id);
-    at += length;
-  }
-  return ids;
+  return greedyTokenize(vocabulary, text);
 }
 
 /** Every byte as its own byte token: what a byte-level model emits for text outside its merges. */

@@ -4,20 +4,10 @@ import { fileURLToPath } from "node:url";
 import fc from "fast-check";
 import { OutputProcessor } from "../../src/detok/OutputProcessor.ts";
 import { Vocabulary } from "../../src/detok/Vocabulary.ts";
+import { anyChar, isWellFormed } from "./arbitraries.ts";
 
 const MODEL = fileURLToPath(new URL("../../models/kjv-tiny.gguf", import.meta.url));
 const vocabulary = await Vocabulary.fromGgufFile(MODEL);
-const isWellFormed = (text: string) => (text as unknown as { isWellFormed(): boolean }).isWellFormed();
-
-/** One code point of each UTF-8 length equally often (surrogates excluded: they are not characters). */
-const anyChar = fc
-  .oneof(
-    fc.integer({ min: 0, max: 0x7f }),
-    fc.integer({ min: 0x80, max: 0x7ff }),
-    fc.integer({ min: 0x800, max: 0xffff }).filter((c) => c < 0xd800 || c > 0xdfff),
-    fc.integer({ min: 0x10000, max: 0x10ffff }),
-  )
-  .map((c) => String.fromCodePoint(c));
 
 const SPECIAL_IDS = [4091, 4092, 4093, 4094, 4095];
 const byteToId = new Map<number, number>();

@@ -2,21 +2,11 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
 import { Utf8Decoder } from "../../src/detok/Utf8Decoder.ts";
+import { anyChar, isWellFormed } from "./arbitraries.ts";
 
 const FFFD = "\uFFFD";
 const utf8 = (text: string) => new TextEncoder().encode(text);
 const oneShot = (bytes: Uint8Array) => new TextDecoder("utf-8", { ignoreBOM: true }).decode(bytes);
-const isWellFormed = (text: string) => (text as unknown as { isWellFormed(): boolean }).isWellFormed();
-
-/** One code point of each UTF-8 length equally often (surrogates excluded: they are not characters). */
-const anyChar = fc
-  .oneof(
-    fc.integer({ min: 0, max: 0x7f }),
-    fc.integer({ min: 0x80, max: 0x7ff }),
-    fc.integer({ min: 0x800, max: 0xffff }).filter((c) => c < 0xd800 || c > 0xdfff),
-    fc.integer({ min: 0x10000, max: 0x10ffff }),
-  )
-  .map((c) => String.fromCodePoint(c));
 
 /** Decodes `bytes` cut at `cuts`, returning each piece's output and the flush. */
 function decodeSplit(bytes: Uint8Array, cuts: readonly number[]): { parts: string[]; flushed: string } {
