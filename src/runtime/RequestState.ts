@@ -21,7 +21,7 @@ export interface CancelRecord {
   msToFree: number;
   /** Engine steps that completed between cancel() and the slot being free: at most the one in flight. */
   stepsToFree: number;
-  /** Tokens the engine computed for this request in steps started after cancel(): always 0 by construction. */
+  /** Tokens the engine computed for this request in steps started after cancel(): 0 unless eviction regressed. */
   tokensAfterCancel: number;
 }
 
@@ -49,6 +49,8 @@ export class RequestState {
   /** Set when the consumer cancelled: time and completed-step count at that moment. */
   cancelledAt: { ms: number; step: number; phase: Exclude<Phase, "finished"> } | undefined;
   cancel: CancelRecord | undefined;
+  /** Tokens planned for this request after it was cancelled (finished slots are evicted first: stays 0). */
+  tokensAfterCancel = 0;
 
   constructor(
     readonly request: NormalizedRequest,

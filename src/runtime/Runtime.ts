@@ -228,7 +228,7 @@ export class Runtime {
         msToTerminal: state.finishedAt - state.cancelledAt.ms,
         msToFree: state.slot < 0 ? 0 : now - state.cancelledAt.ms,
         stepsToFree: state.slot < 0 ? 0 : this.#stepsCompleted - state.cancelledAt.step,
-        tokensAfterCancel: 0,
+        tokensAfterCancel: state.tokensAfterCancel,
       };
       this.stats.cancelled(state.cancel);
     }
@@ -280,7 +280,7 @@ export class Runtime {
     // Structurally impossible (finished slots are evicted before planning); counted so a regression shows.
     let promptTokens = 0;
     for (const p of planned) {
-      if (p.state.cancelledAt) this.stats.tokensAfterCancel += p.item.tokens.length;
+      if (p.state.cancelledAt) p.state.tokensAfterCancel += p.item.tokens.length;
       if (p.state.phase === "prefill") promptTokens += p.item.tokens.length;
     }
     const started = performance.now();
