@@ -8,23 +8,15 @@
 import { fileURLToPath } from "node:url";
 import { OutputProcessor, type OutputProcessorOptions } from "../src/detok/OutputProcessor.ts";
 import { Vocabulary } from "../src/detok/Vocabulary.ts";
-import { greedyTokenize } from "./corpus.ts";
+import { KJV as CORPUS_KJV, greedyTokenize } from "./corpus.ts";
 
 const TOKENS = Number(process.argv[2] ?? 1_000_000);
 const NAIVE_TOKENS = 5_000;
 const REPEATS = 7;
 const MODEL = fileURLToPath(new URL("../models/kjv-tiny.gguf", import.meta.url));
 
-const KJV = `Genesis 1
-1 In the beginning God created the heaven and the earth.
-2 And the earth was without form, and void; and darkness was upon the face of the deep. And the Spirit of God moved upon the face of the waters.
-3 And God said, Let there be light: and there was light.
-4 And God saw the light, that it was good: and God divided the light from the darkness.
-5 And God called the light Day, and the darkness he called Night. And the evening and the morning were the first day.
-6 And God said, Let there be a firmament in the midst of the waters, and let it divide the waters from the waters.
-7 And God made the firmament, and divided the waters which were under the firmament from the waters which were above the firmament: and it was so.
-8 And God called the firmament Heaven. And the evening and the morning were the second day.
-`;
+// The header and first 8 verses of the shared passage.
+const KJV = `${CORPUS_KJV.split("\n").slice(0, 9).join("\n")}\n`;
 const MULTIBYTE =
   "日本語の聖書 🎉 創世記 第一章 😀 はじめに神は天と地とを創造された。 café naïve 中文 한국어 🙏✨ ";
 const STOPS = ["\n\n", "<|user|>", "And God rested"];
