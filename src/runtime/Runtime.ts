@@ -271,6 +271,8 @@ export class Runtime {
       } catch (error) {
         // A bug in the loop itself: the finalizer ends every request rather than leave any hanging.
         this.#failAll("internal_error", error);
+        // Yield to timers and I/O before going on, so a fault that repeats can never starve the process.
+        await new Promise<void>((resolve) => setImmediate(resolve));
       }
     }
   }

@@ -402,6 +402,26 @@ describe("runtime on the scripted engine: faults and shutdown", () => {
     await runtime.close();
   });
 
+  test("a bug inside the loop (an engine answering garbage) ends every live request; the runtime recovers", {
+    timeout: 20_000,
+  }, async () => {
+    const { runtime, engine } = await scriptedRuntime({ slots: 1, script: () => engine.encode(SCRIPT_TEXT) });
+    const step = engine.step.bind(engine);
+    let broken = true;
+    // Not a rejection (an engine failure) but a malformed answer: the loop itself throws on it.
+    engine.step = async (items) => (broken && engine.steps.length >= 2 ? (undefined as never) : step(items));
+    const running = runtime.generate({ prompt: "a", maxTokens: 20 });
+    const queued = runtime.generate({ prompt: "b", maxTokens: 20 });
+    const [r1, r2] = await Promise.all([drain(running), drain(queued)]);
+    for (const r of [r1, r2]) {
+      assert.equal(r.terminal.reason, "error");
+      assert.equal(r.terminal.error?.code, "internal_error");
+    }
+    broken = false;
+    assert.equal((await drain(runtime.generate({ prompt: "c", maxTokens: 3 }))).terminal.reason, "length");
+    await runtime.close();
+  });
+
   test("rejectOnError makes result reject with a SluiceError", async () => {
     const { runtime, engine } = await scriptedRuntime({
       script: () => engine.encode(SCRIPT_TEXT),
