@@ -1,8 +1,9 @@
 import { randomUUID } from "node:crypto";
+import type { z } from "zod";
 import { readJsonBody } from "../body.ts";
 import { fromZodError } from "../httpErrors.ts";
 import { chatShape, completionShape } from "../openaiShapes.ts";
-import type { Handler } from "../router.ts";
+import type { Handler, RouteContext } from "../router.ts";
 import type { ServerContext } from "../ServerContext.ts";
 import { chatRequestSchema, completionRequestSchema } from "../schemas.ts";
 import { serveGeneration } from "../serveGeneration.ts";
@@ -14,12 +15,7 @@ const MAX_STOPS = 16;
 /** POST /v1/completions */
 export function completionsRoute(server: ServerContext): Handler {
   return async (context) => {
-    const raw = await readJsonBody(context.req, server.options.maxBodyBytes);
-    const parsed = completionRequestSchema.safeParse(raw);
-    if (!parsed.success) throw fromZodError(parsed.error);
-    const body = parsed.data;
-    const model = server.options.modelName;
-    checkModel(body.model, model);
+    const { body, model } = await readRequest(server, context, completionRequestSchema);
     const id = `cmpl-${randomUUID()}`;
     // A one-element batch is the same single prompt.
     const prompt =
@@ -44,12 +40,7 @@ export function completionsRoute(server: ServerContext): Handler {
 /** POST /v1/chat/completions */
 export function chatCompletionsRoute(server: ServerContext): Handler {
   return async (context) => {
-    const raw = await readJsonBody(context.req, server.options.maxBodyBytes);
-    const parsed = chatRequestSchema.safeParse(raw);
-    if (!parsed.success) throw fromZodError(parsed.error);
-    const body = parsed.data;
-    const model = server.options.modelName;
-    checkModel(body.model, model);
+    const { body, model } = await readRequest(server, context, chatRequestSchema);
     const id = `chatcmpl-${randomUUID()}`;
     const chat = server.chat().format(body.messages);
     const sampling = samplingOf(body);
@@ -72,6 +63,19 @@ export function chatCompletionsRoute(server: ServerContext): Handler {
       shape: chatShape({ id, model, created: unixNow(), includeUsage }),
     });
   };
+}
+
+/** The request body, parsed by its schema, for the model this server serves (4xx otherwise). */
+async function readRequest<T extends { model?: string | undefined }>(
+  server: ServerContext,
+  context: RouteContext,
+  schema: z.ZodType<T>,
+): Promise<{ body: T; model: string }> {
+  const parsed = schema.safeParse(await readJsonBody(context.req, server.options.maxBodyBytes));
+  if (!parsed.success) throw fromZodError(parsed.error);
+  const model = server.options.modelName;
+  checkModel(parsed.data.model, model);
+  return { body: parsed.data, model };
 }
 
 function unixNow(): number {
