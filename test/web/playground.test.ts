@@ -3,14 +3,24 @@ import { after, afterEach, before, describe, test } from "node:test";
 import type { Browser, BrowserContext } from "playwright-core";
 import type { Runtime } from "../../src/runtime/Runtime.ts";
 import type { SluiceServer } from "../../src/server/index.ts";
-import { checkChromium, launchChromium, PlaygroundPage, startRuntime, startServer } from "./harness.ts";
+import {
+  browserSkip,
+  checkChromium,
+  launchChromium,
+  PlaygroundPage,
+  startRuntime,
+  startServer,
+} from "./harness.ts";
 
 const PROMPT = "Genesis 1\n1 In the beginning";
 /** Enough that a generation is still running when Stop is pressed (the prompt is 8 tokens of 512). */
 const LONG = "480";
 
-// On its own so that a missing browser shows up as a failed test with the fix in its message.
-test("Debian's chromium is installed for the browser tests", () => checkChromium());
+/** Without a browser every test below is reported as skipped with the install hint (failed in CI). */
+const skip = await browserSkip();
+
+// On its own so that a missing browser shows up with the fix in its message, skipped or failed.
+test("Debian's chromium is installed for the browser tests", { skip }, () => checkChromium());
 
 describe("web playground in headless Chromium", () => {
   let runtime: Runtime | undefined;
@@ -21,6 +31,8 @@ describe("web playground in headless Chromium", () => {
   let context: BrowserContext | undefined;
 
   before(async () => {
+    // Hooks run even when every test is skipped: start nothing for tests that will not run.
+    if (skip) return;
     browser = await launchChromium();
     runtime = await startRuntime();
     ({ server, url } = await startServer(runtime));
@@ -47,7 +59,9 @@ describe("web playground in headless Chromium", () => {
     return playground;
   }
 
-  test("type a prompt, watch it stream, Stop: cancelled within one step and the slot is free again", async () => {
+  test("type a prompt, watch it stream, Stop: cancelled within one step and the slot is free again", {
+    skip,
+  }, async () => {
     const ui = await open();
     assert.equal(await ui.page.locator("#model").textContent(), "kjv-tiny.gguf");
     await ui.panes(1);
@@ -82,7 +96,7 @@ describe("web playground in headless Chromium", () => {
     assert.equal(await ui.button(1, "Stop").isDisabled(), true);
   });
 
-  test("four panes at once: stopping one leaves the other three to finish", async () => {
+  test("four panes at once: stopping one leaves the other three to finish", { skip }, async () => {
     const ui = await open();
     await ui.panes(4);
     await ui.set("Prompt", PROMPT);
@@ -110,7 +124,7 @@ describe("web playground in headless Chromium", () => {
     await ui.waitForSlots("all free");
   });
 
-  test("multi-byte text: the prompt echoes intact and no pane shows U+FFFD", async () => {
+  test("multi-byte text: the prompt echoes intact and no pane shows U+FFFD", { skip }, async () => {
     const ui = await open();
     await ui.panes(2);
     const prompt = "café 日本 🎉\n1 In the beginning";
@@ -126,7 +140,9 @@ describe("web playground in headless Chromium", () => {
     assert.ok(!text.includes("\uFFFD"), "no replacement character anywhere on the page");
   });
 
-  test("the page's SSE reader keeps characters and events whole across any chunk split", async () => {
+  test("the page's SSE reader keeps characters and events whole across any chunk split", {
+    skip,
+  }, async () => {
     const ui = await open();
     const results = await ui.page.evaluate(async () => {
       const module = "/web/sse.js";
@@ -164,7 +180,7 @@ describe("web playground in headless Chromium", () => {
     for (const got of results.outcomes) assert.deepEqual(got, results.events);
   });
 
-  test("a request the server refuses shows the server's message in the pane", async () => {
+  test("a request the server refuses shows the server's message in the pane", { skip }, async () => {
     const ui = await open();
     await ui.panes(1);
     await ui.set("Prompt", PROMPT);
@@ -180,7 +196,7 @@ describe("web playground in headless Chromium", () => {
     assert.equal(await ui.button(1, "Generate").isEnabled(), true);
   });
 
-  test("with an API key: the page asks for it, sends it as a Bearer token, and works", async () => {
+  test("with an API key: the page asks for it, sends it as a Bearer token, and works", { skip }, async () => {
     const keyed = await startServer(runtime!, { apiKey: "sesame" });
     try {
       const ui = await open(keyed.url);
