@@ -4,6 +4,8 @@
  */
 export type SluiceErrorCode =
   | "invalid_request"
+  /** A constructor or factory option (Runtime.create, LlamaEngine.create, createServer) is wrong. */
+  | "invalid_option"
   | "prompt_too_long"
   | "queue_full"
   | "runtime_closed"

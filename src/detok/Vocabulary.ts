@@ -52,6 +52,12 @@ export class Vocabulary {
   readonly eos: number | undefined;
   readonly addBos: boolean;
   readonly eogIds: readonly number[];
+  /**
+   * Most UTF-8 bytes of text one token can stand for (at least 4, the longest character, which an unknown-token
+   * fallback may cover alone): a text of B bytes needs at least B / maxTokenBytes tokens, which bounds a prompt's
+   * token count before it is tokenized.
+   */
+  readonly maxTokenBytes: number;
   readonly #strings: readonly string[];
   readonly #bytes: Uint8Array[];
   readonly #texts: (string | undefined)[];
@@ -68,6 +74,8 @@ export class Vocabulary {
     const pieces = tokens.map((text, id) => tokenBytes(model, text, tokenTypes?.[id]));
     // One backing buffer for the whole table: a large vocabulary then costs views, not 100k ArrayBuffers.
     const total = pieces.reduce((sum, piece) => sum + piece.length, 0);
+    // Control tokens count by their literal text: a prompt parsed with special tokens may use them.
+    this.maxTokenBytes = pieces.reduce((most, piece) => Math.max(most, piece.length), 4);
     const backing = new Uint8Array(total);
     const fatal = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
     this.#bytes = [];

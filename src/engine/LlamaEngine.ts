@@ -9,8 +9,10 @@ import {
   type LlamaModel,
   type Token,
 } from "node-llama-cpp";
+import { z } from "zod";
 import { Vocabulary } from "../detok/Vocabulary.ts";
 import { SluiceError } from "../errors.ts";
+import { abortSignal, callback, integer, parseOptions } from "../parseOptions.ts";
 import { checkGguf } from "./checkGguf.ts";
 import type { Engine, EngineInfo, SamplerConfig, StepItem, StepOutcome } from "./Engine.ts";
 import { BUNDLED_MODEL_PATH } from "./modelPath.ts";
@@ -18,19 +20,36 @@ import { BUNDLED_MODEL_PATH } from "./modelPath.ts";
 export interface LlamaEngineOptions {
   /** Path of a local GGUF file. Defaults to the bundled model. */
   model?: string;
-  /** Batch slots (concurrent generations). Defaults to 4. */
+  /** Batch slots (concurrent generations), 1 to 256 (llama.cpp's `LLAMA_MAX_SEQ`). Defaults to 4. */
   slots?: number;
-  /** Tokens per slot (prompt + generation). Defaults to the model's training context, at most 2048. */
+  /** Tokens per slot (prompt + generation), 2 to 2^20. Defaults to the model's training context, at most 2048. */
   contextSize?: number;
-  /** CPU threads for llama.cpp. Defaults to half the available cores (at least 1): more oversubscribes. */
+  /** CPU threads for llama.cpp, 1 to 1024. Defaults to half the available cores (at least 1): more oversubscribes. */
   threads?: number;
-  /** Most tokens in one step. Defaults to 512. The runtime keeps every step within it. */
+  /** Most tokens in one step, 1 to 65536. Defaults to 512. The runtime keeps every step within it. */
   batchSize?: number;
   /** Model load progress, 0..1. */
   onLoadProgress?: (progress: number) => void;
   /** Aborts loading. */
   signal?: AbortSignal;
 }
+
+/** llama.cpp's limit on sequences in one context (`LLAMA_MAX_SEQ`). */
+export const MAX_SLOTS = 256;
+
+/** The schema `LlamaEngine.create` checks its options against (also the base of `Runtime.create`'s). */
+export const llamaEngineOptionsSchema = z.strictObject({
+  model: z
+    .string({ error: "must be the path of a local .gguf file" })
+    .min(1, { error: "must be the path of a local .gguf file" })
+    .optional(),
+  slots: integer(1, MAX_SLOTS).optional(),
+  contextSize: integer(2, 1 << 20).optional(),
+  threads: integer(1, 1024).optional(),
+  batchSize: integer(1, 1 << 16).optional(),
+  onLoadProgress: callback<(progress: number) => void>().optional(),
+  signal: abortSignal().optional(),
+});
 
 export function defaultThreads(): number {
   return Math.max(1, Math.floor(availableParallelism() / 2));
@@ -84,7 +103,13 @@ export class LlamaEngine implements Engine {
     this.#lastSampled = new Array(info.slots).fill(undefined);
   }
 
+  /**
+   * Checks the GGUF, loads it and creates one context with `slots` sequences. Throws `invalid_option` for a
+   * bad option (before anything is read), `model_invalid` for a file llama.cpp cannot load, and
+   * `model_load_failed` when loading fails.
+   */
   static async create(options: LlamaEngineOptions = {}): Promise<LlamaEngine> {
+    parseOptions(llamaEngineOptionsSchema, options, "LlamaEngine.create");
     const modelPath = options.model ?? BUNDLED_MODEL_PATH;
     const slots = options.slots ?? 4;
     const threads = options.threads ?? defaultThreads();

@@ -32,6 +32,8 @@ export interface ScriptedEngineOptions {
   /** Awaited inside every step before it resolves: lets a test act deterministically while a step is in flight. */
   onStep?: (step: ScriptedStep) => void | Promise<void>;
   faults?: readonly ScriptedFault[];
+  /** Awaited inside every resetSlot before it resolves: lets a test act while a slot is being freed. */
+  onResetSlot?: (slot: number) => void | Promise<void>;
 }
 
 /**
@@ -129,6 +131,7 @@ export class ScriptedEngine implements Engine {
   }
 
   async resetSlot(slot: number): Promise<void> {
+    await this.#options.onResetSlot?.(slot);
     this.#fed[slot] = [];
     this.#scripts[slot] = undefined;
     this.#cursor[slot] = 0;

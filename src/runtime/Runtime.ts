@@ -8,32 +8,12 @@ import { PrefillSizer } from "./PrefillSizer.ts";
 import { type PlannedItem, planStep, type StepBudget } from "./planStep.ts";
 import { promptTail } from "./promptTail.ts";
 import { type Latch, type RequestRecord, RequestState } from "./RequestState.ts";
+import { parseRuntimeOptions, type RuntimeOptions } from "./RuntimeOptions.ts";
+
+export type { RuntimeOptions } from "./RuntimeOptions.ts";
+
 import { RuntimeStats } from "./RuntimeStats.ts";
 import { type NormalizedRequest, validateStreamingSubmission } from "./validate.ts";
-
-export interface RuntimeOptions extends Omit<LlamaEngineOptions, "signal"> {
-  /** Use this engine instead of loading a model (ScriptedEngine, a remote engine, a shared LlamaEngine). */
-  engine?: Engine;
-  /**
-   * Prompt tokens read per step. `"auto"` (the default) sizes chunks so that a step reading a prompt takes
-   * about `targetStepMs`, learned from the engine's measured step times; a number fixes the chunk per slot.
-   * Either way it bounds how long a decoding stream waits for a prompt and how fast a cancel lands while
-   * prefilling.
-   */
-  prefillChunkSize?: number | "auto";
-  /**
-   * Step time that automatic prefill chunks aim for while streams are decoding (four times it when only
-   * prompts are being read). Defaults to max(50 ms, 3 decode steps): streams slow down while a prompt is
-   * read but never stall.
-   */
-  targetStepMs?: number;
-  /** Most requests waiting for a slot; beyond it generate() throws `queue_full`. Defaults to 256. */
-  maxQueue?: number;
-  /** maxTokens when a request has none. Defaults to 256 (capped by the room left in the context). */
-  defaultMaxTokens?: number;
-  /** Aborts model loading. */
-  signal?: AbortSignal;
-}
 
 export interface SlotSnapshot {
   index: number;
@@ -78,8 +58,20 @@ export class Runtime {
   /** Every request not yet finished: the finalizer closes all of them on any failure of the loop. */
   readonly #live = new Map<string, RequestState>();
   readonly #listeners = new Set<(event: RuntimeEvent) => void>();
+  /** Resolves the loop's idle wait. */
   #wake: (() => void) | undefined;
+  /**
+   * Set by every event that gives the loop work (a submission, a cancel, close) and cleared when an iteration
+   * starts looking for work: an event that lands while the loop is busy (mid-step, freeing a slot, between two
+   * awaits) is never lost, whatever kind of work it brings.
+   */
+  #pending = false;
+  /** Cancelled requests still in `#queue`; compacted away once they outnumber the live ones. */
+  #queueDead = 0;
   #closing = false;
+  /** Closing, letting live requests finish (`close({ drain: true })`). */
+  #draining = false;
+  #closed: Promise<void> | undefined;
   #stepsCompleted = 0;
   readonly #loop: Promise<void>;
 
@@ -110,10 +102,14 @@ export class Runtime {
     this.#loop = this.#run();
   }
 
-  /** Loads the model (or takes the given engine) and starts the step loop. */
+  /**
+   * Loads the model (or takes the given engine) and starts the step loop. Throws `invalid_option` for a bad
+   * option before anything is loaded, and what `LlamaEngine.create` throws.
+   */
   static async create(options: RuntimeOptions = {}): Promise<Runtime> {
-    const engine = options.engine ?? (await LlamaEngine.create(options));
-    return new Runtime(engine, options);
+    const parsed = parseRuntimeOptions(options);
+    const engine = parsed.engine ?? (await LlamaEngine.create(modelOptions(parsed)));
+    return new Runtime(engine, parsed);
   }
 
   /** Steps the engine has completed since start. */
@@ -146,10 +142,12 @@ export class Runtime {
         { param: "id" },
       );
     }
-    if (this.#queued >= this.#maxQueue) {
+    // The bound is on requests that must wait: those a free (or freeing) slot will take at once do not count.
+    const waiting = this.#queued - this.#openSlots();
+    if (waiting >= this.#maxQueue) {
       throw new SluiceError(
         "queue_full",
-        `${this.#queued} requests are already waiting (maxQueue ${this.#maxQueue}); retry later.`,
+        `${Math.max(0, waiting)} requests are already waiting for a slot (maxQueue ${this.#maxQueue}); retry later.`,
       );
     }
     return this.#accept(normalized);
@@ -180,7 +178,7 @@ export class Runtime {
     this.stats.submitted++;
     this.#queue.push(state);
     this.#queued++;
-    this.#wake?.();
+    this.#notify();
     return channel;
   }
 
@@ -190,6 +188,12 @@ export class Runtime {
     state.cancelledAt = { ms: performance.now(), step: this.#stepsCompleted, phase: state.phase };
     // A queued request never reaches the engine; a running one is evicted at the top of the next iteration.
     this.#finish(state, { reason: "cancelled" });
+    this.#notify();
+  }
+
+  /** Tell the loop there is work; it looks at everything pending on its next iteration. */
+  #notify(): void {
+    this.#pending = true;
     this.#wake?.();
   }
 
@@ -200,7 +204,10 @@ export class Runtime {
   #finish(state: RequestState, latch: Latch): void {
     state.latch(latch);
     if (state.phase === "finished") return;
-    if (state.phase === "queued") this.#queued--;
+    if (state.phase === "queued") {
+      this.#queued--;
+      this.#dropDead();
+    }
     state.phase = "finished";
     state.finishedAt = performance.now();
     const final = state.processor.take(true) ?? { tokenIds: [], text: "" };
@@ -248,6 +255,8 @@ export class Runtime {
   async #run(): Promise<void> {
     for (;;) {
       try {
+        // Cleared before looking at the state: whatever happens from here on sets it again.
+        this.#pending = false;
         await this.#freeFinishedSlots();
         if (this.#closing && this.#live.size === 0) return;
         this.#admit();
@@ -260,10 +269,7 @@ export class Runtime {
         }
         const planned = planStep(running, this.#budget);
         if (planned.length === 0) {
-          await new Promise<void>((resolve) => {
-            this.#wake = resolve;
-            if (this.#queued > 0 || this.#closing) resolve();
-          });
+          if (!this.#pending) await new Promise<void>((resolve) => (this.#wake = resolve));
           this.#wake = undefined;
           continue;
         }
@@ -372,8 +378,22 @@ export class Runtime {
         this.#queueHead = 0;
       }
       if (state.phase === "queued") return state;
+      this.#queueDead--;
     }
     return undefined;
+  }
+
+  /**
+   * A request cancelled while queued is done with, but its entry stays in the FIFO until admission reaches
+   * it. Compact once dead entries outnumber live ones (and are more than a few), so a flood of
+   * submit-and-cancel while every slot is busy holds memory for the waiting requests only; amortised O(1).
+   */
+  #dropDead(): void {
+    this.#queueDead++;
+    if (this.#queueDead < 64 || this.#queueDead <= this.#queued) return;
+    this.#queue = this.#queue.slice(this.#queueHead).filter((state) => state.phase === "queued");
+    this.#queueHead = 0;
+    this.#queueDead = 0;
   }
 
   /** Evict before the step: a finished slot costs no compute after the step in flight. */
@@ -402,6 +422,13 @@ export class Runtime {
   #failAll(code: "engine_failed" | "internal_error", cause: unknown): void {
     const error: ChunkError = { code, message: toChunkError(cause, code).message };
     for (const state of [...this.#live.values()]) this.#finish(state, { reason: "error", error });
+  }
+
+  /** Slots that the next admission can hand out: free, or finished and freed before it. */
+  #openSlots(): number {
+    let open = 0;
+    for (const state of this.#slots) if (state === undefined || state.phase === "finished") open++;
+    return open;
   }
 
   /** Requests running or waiting, for health and metrics. */
@@ -445,17 +472,26 @@ export class Runtime {
    * Stop accepting requests, end every live one with a terminal `cancelled` chunk (or let them finish when
    * `drain` is true), wait for the loop to exit and release the engine.
    */
-  async close(options: { drain?: boolean } = {}): Promise<void> {
-    if (!this.#closing) {
+  close(options: { drain?: boolean } = {}): Promise<void> {
+    const drain = options.drain === true;
+    // A plain close() after close({ drain: true }) stops the drain: it does not wait for it.
+    if (!this.#closing || (this.#draining && !drain)) {
       this.#closing = true;
-      if (!options.drain) for (const state of [...this.#live.values()]) this.#cancel(state);
-      this.#wake?.();
+      this.#draining = drain;
+      if (!drain) for (const state of [...this.#live.values()]) this.#cancel(state);
+      this.#notify();
     }
-    await this.#loop;
-    await this.engine.close();
+    this.#closed ??= this.#loop.then(() => this.engine.close());
+    return this.#closed;
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
+}
+
+/** The options of `Runtime.create` that are `LlamaEngine.create`'s. */
+function modelOptions(options: RuntimeOptions): LlamaEngineOptions {
+  const { engine, prefillChunkSize, targetStepMs, maxQueue, defaultMaxTokens, ...model } = options;
+  return model;
 }

@@ -116,13 +116,7 @@ export function validateStreamingSubmission(
 
   const promptTokens = tokenizePrompt(request, limits);
   const room = info.contextSize - promptTokens.length;
-  if (room < 1) {
-    throw new SluiceError(
-      "prompt_too_long",
-      `The prompt is ${promptTokens.length} tokens; the context holds ${info.contextSize} per slot, so at most ${info.contextSize - 1} prompt tokens leave room to generate. Shorten the prompt or raise contextSize.`,
-      { param: "prompt" },
-    );
-  }
+  if (room < 1) throw tooLong(`${promptTokens.length} tokens`, info.contextSize);
   const maxTokens = optionalNumber(
     request,
     "maxTokens",
@@ -194,11 +188,31 @@ export function validateStreamingSubmission(
   };
 }
 
+function tooLong(what: string, contextSize: number): SluiceError {
+  return new SluiceError(
+    "prompt_too_long",
+    `The prompt is ${what}; the context holds ${contextSize} tokens per slot, so at most ${contextSize - 1} prompt tokens leave room to generate. Shorten the prompt or raise contextSize.`,
+    { param: "prompt" },
+  );
+}
+
 function tokenizePrompt(request: GenerationRequest, limits: SubmissionLimits): number[] {
   const { prompt } = request;
-  const vocabulary = limits.info.vocabulary;
+  const { vocabulary, contextSize } = limits.info;
   if (typeof prompt === "string") {
     if (prompt.length === 0) throw invalid("prompt", "prompt is empty; give some text or token ids.");
+    // Tokenizing runs on the event loop, beside every stream's step loop: a text too long for the context
+    // whatever its tokens is refused by size first (a token stands for at most maxTokenBytes bytes).
+    // prompt.length counts UTF-16 units, at least a third of the UTF-8 bytes: skip counting when small.
+    if (prompt.length * 3 > (contextSize - 1) * vocabulary.maxTokenBytes) {
+      const bytes = Buffer.byteLength(prompt, "utf8");
+      if (bytes > (contextSize - 1) * vocabulary.maxTokenBytes) {
+        throw tooLong(
+          `${bytes} bytes of text, more than ${contextSize - 1} tokens whatever they are`,
+          contextSize,
+        );
+      }
+    }
     const special = optionalBoolean(request, "parseSpecialTokens", false);
     const addBos = optionalBoolean(request, "addBos", true) && limits.addBos && vocabulary.bos !== undefined;
     const ids = limits.tokenize(prompt, { special });
@@ -207,6 +221,7 @@ function tokenizePrompt(request: GenerationRequest, limits: SubmissionLimits): n
   if (Array.isArray(prompt)) {
     if (prompt.length === 0)
       throw invalid("prompt", "prompt is an empty token array; give at least one token id.");
+    if (prompt.length >= contextSize) throw tooLong(`${prompt.length} tokens`, contextSize);
     const bad = prompt.findIndex((t) => !isTokenId(t, vocabulary.size));
     if (bad >= 0) {
       throw invalid(

@@ -1,0 +1,88 @@
+import { z } from "zod";
+import type { Engine } from "../engine/Engine.ts";
+import { type LlamaEngineOptions, llamaEngineOptionsSchema } from "../engine/LlamaEngine.ts";
+import { SluiceError } from "../errors.ts";
+import { integer, parseOptions, positiveNumber } from "../parseOptions.ts";
+
+export interface RuntimeOptions extends Omit<LlamaEngineOptions, "signal"> {
+  /**
+   * Use this engine instead of loading a model (ScriptedEngine, a remote engine, a shared LlamaEngine). The
+   * model options (`model`, `slots`, `contextSize`, `threads`, `batchSize`, `onLoadProgress`) belong to the
+   * engine then and cannot be given with it.
+   */
+  engine?: Engine;
+  /**
+   * Prompt tokens read per step, an integer >= 1 or `"auto"`. `"auto"` (the default) sizes chunks so that a
+   * step reading a prompt takes about `targetStepMs`, learned from the engine's measured step times; a number
+   * fixes the chunk per slot. Either way it bounds how long a decoding stream waits for a prompt and how fast a
+   * cancel lands while prefilling.
+   */
+  prefillChunkSize?: number | "auto";
+  /**
+   * Step time in ms (above 0, at most 60000) that automatic prefill chunks aim for while streams are decoding
+   * (four times it when only prompts are being read). Defaults to max(50 ms, 3 decode steps): streams slow
+   * down while a prompt is read but never stall.
+   */
+  targetStepMs?: number;
+  /**
+   * Most requests waiting for a slot, an integer >= 0; a request that a free slot takes at once does not wait
+   * and does not count. Beyond it generate() throws `queue_full`. Defaults to 256; 0 admits only what fits.
+   */
+  maxQueue?: number;
+  /** maxTokens when a request has none, an integer >= 1. Defaults to 256 (capped by the room left in the context). */
+  defaultMaxTokens?: number;
+  /** Aborts model loading. */
+  signal?: AbortSignal;
+}
+
+const ENGINE_METHODS = ["tokenize", "step", "resetSlot", "close"] as const;
+
+function isEngine(value: unknown): value is Engine {
+  if (value === null || typeof value !== "object") return false;
+  const engine = value as Record<string, unknown>;
+  const info = engine.info as Record<string, unknown> | undefined;
+  return (
+    ENGINE_METHODS.every((method) => typeof engine[method] === "function") &&
+    info !== undefined &&
+    Number.isInteger(info.slots) &&
+    (info.slots as number) >= 1 &&
+    Number.isInteger(info.contextSize) &&
+    (info.contextSize as number) >= 2 &&
+    typeof info.vocabulary === "object"
+  );
+}
+
+const runtimeOptionsSchema = llamaEngineOptionsSchema.extend({
+  engine: z
+    .custom<Engine>(isEngine, {
+      error: `must implement Engine (${ENGINE_METHODS.join(", ")}, and info with slots >= 1, contextSize >= 2 and a vocabulary)`,
+    })
+    .optional(),
+  prefillChunkSize: z
+    .union([z.literal("auto"), integer(1, 1 << 16)], {
+      error: 'must be "auto" or an integer from 1 to 65536',
+    })
+    .optional(),
+  targetStepMs: positiveNumber(60_000, "ms").optional(),
+  maxQueue: integer(0, 1 << 24).optional(),
+  defaultMaxTokens: integer(1, 1 << 24).optional(),
+});
+
+/** The options that load a model: they belong to a given engine and are refused beside it. */
+const MODEL_OPTIONS = ["model", "slots", "contextSize", "threads", "batchSize", "onLoadProgress"] as const;
+
+/** Validates `Runtime.create`'s options eagerly; throws `SluiceError` `invalid_option` naming the option. */
+export function parseRuntimeOptions(options: RuntimeOptions | undefined): RuntimeOptions {
+  const parsed = parseOptions(runtimeOptionsSchema, options, "Runtime.create") as RuntimeOptions;
+  if (parsed.engine !== undefined) {
+    const clash = MODEL_OPTIONS.find((key) => parsed[key] !== undefined);
+    if (clash !== undefined) {
+      throw new SluiceError(
+        "invalid_option",
+        `Runtime.create: ${clash} cannot be given together with engine; it is the engine's (set it where the engine is created).`,
+        { param: clash },
+      );
+    }
+  }
+  return parsed;
+}
