@@ -252,10 +252,27 @@ function writeItem(
 interface TensorEntry {
   name: string;
   ne: readonly number[];
-  type: GgmlType;
+  /** A ggml_type id: one of GgmlType when `fill` encodes the data, any id for `encoded` bytes. */
+  type: number;
   elements: number;
   byteSize: number;
-  fill: () => Float32Array;
+  data: { fill: () => Float32Array } | { encoded: Uint8Array };
+}
+
+/**
+ * Where each field of the header landed in the written file (byte offsets from its start), so that a test can
+ * patch one field of an otherwise valid file.
+ */
+export interface GgufLayout {
+  /** The u64 tensor count and metadata entry count. */
+  tensorCountAt: 8;
+  kvCountAt: 16;
+  /** Per key: the entry's start (its key length), its u32 value type, its value (for an array, the item type). */
+  kv: ReadonlyMap<string, { at: number; typeAt: number; valueAt: number }>;
+  /** Per tensor: the row's start (its name length), its u32 n_dims, u32 ggml type and u64 data offset. */
+  tensors: ReadonlyMap<string, { at: number; nDimsAt: number; typeAt: number; offsetAt: number }>;
+  /** Start of the tensor data section. */
+  dataAt: number;
 }
 
 export interface GgufWriteResult {
@@ -263,6 +280,7 @@ export interface GgufWriteResult {
   tensorCount: number;
   /** Sum of tensor elements. */
   parameters: number;
+  layout: GgufLayout;
 }
 
 /**
@@ -312,14 +330,28 @@ export class GgufWriter {
    * @param fill called once, while writing, and must return exactly prod(ne) values in row-major order.
    */
   addTensor(name: string, ne: readonly number[], type: GgmlType, fill: () => Float32Array): this {
+    const elements = this.#checkTensor(name, ne);
+    const byteSize = tensorByteSize(type, elements, ne[0]!);
+    this.#tensors.push({ name, ne: [...ne], type, elements, byteSize, data: { fill } });
+    return this;
+  }
+
+  /**
+   * Adds a tensor whose data is already encoded, in any ggml type (e.g. copied from another GGUF). The bytes are
+   * written as given: their length is the tensor's size, unchecked against `ne` and `type`.
+   */
+  addEncodedTensor(name: string, ne: readonly number[], type: number, encoded: Uint8Array): this {
+    const elements = this.#checkTensor(name, ne);
+    this.#tensors.push({ name, ne: [...ne], type, elements, byteSize: encoded.length, data: { encoded } });
+    return this;
+  }
+
+  #checkTensor(name: string, ne: readonly number[]): number {
     if (this.#tensors.some((t) => t.name === name)) throw new Error(`duplicate tensor ${name}`);
     if (ne.length === 0 || ne.length > 4 || ne.some((d) => !Number.isSafeInteger(d) || d < 1)) {
       throw new Error(`tensor ${name}: bad dimensions [${ne.join(", ")}]`);
     }
-    const elements = ne.reduce((a, b) => a * b, 1);
-    const byteSize = tensorByteSize(type, elements, ne[0]!);
-    this.#tensors.push({ name, ne: [...ne], type, elements, byteSize, fill });
-    return this;
+    return ne.reduce((a, b) => a * b, 1);
   }
 
   write(path: string): GgufWriteResult {
@@ -329,9 +361,13 @@ export class GgufWriter {
     head.u32(GGUF_VERSION);
     head.u64(this.#tensors.length);
     head.u64(this.#kv.size);
+    const kvLayout = new Map<string, { at: number; typeAt: number; valueAt: number }>();
     for (const [key, v] of this.#kv) {
+      const at = head.length;
       head.string(key);
+      const typeAt = head.length;
       head.u32(VALUE_TYPE_ID[v.type]);
+      kvLayout.set(key, { at, typeAt, valueAt: head.length });
       if (v.type === "array") {
         head.u32(VALUE_TYPE_ID[v.itemType]);
         head.u64(v.value.length);
@@ -341,26 +377,44 @@ export class GgufWriter {
       }
     }
     let offset = 0;
+    const tensorLayout = new Map<string, { at: number; nDimsAt: number; typeAt: number; offsetAt: number }>();
     for (const t of this.#tensors) {
+      const at = head.length;
       head.string(t.name);
+      const nDimsAt = head.length;
       head.u32(t.ne.length);
       for (const d of t.ne) head.u64(d);
+      const typeAt = head.length;
       head.u32(t.type);
+      tensorLayout.set(t.name, { at, nDimsAt, typeAt, offsetAt: head.length });
       head.u64(offset);
       offset = align(offset + t.byteSize);
     }
     head.padTo(this.#alignment);
+    const layout: GgufLayout = {
+      tensorCountAt: 8,
+      kvCountAt: 16,
+      kv: kvLayout,
+      tensors: tensorLayout,
+      dataAt: head.length,
+    };
 
     const fd = openSync(path, "w");
     try {
       let written = writeAll(fd, head.bytes());
       const zeros = Buffer.alloc(this.#alignment);
       for (const t of this.#tensors) {
-        const data = t.fill();
-        if (data.length !== t.elements) {
-          throw new Error(`tensor ${t.name}: fill() returned ${data.length} values, expected ${t.elements}`);
+        if ("encoded" in t.data) {
+          written += writeAll(fd, t.data.encoded);
+        } else {
+          const data = t.data.fill();
+          if (data.length !== t.elements) {
+            throw new Error(
+              `tensor ${t.name}: fill() returned ${data.length} values, expected ${t.elements}`,
+            );
+          }
+          written += writeAll(fd, encodeTensor(t.type as GgmlType, data));
         }
-        written += writeAll(fd, encodeTensor(t.type, data));
         const pad = align(t.byteSize) - t.byteSize;
         if (pad > 0) written += writeAll(fd, zeros.subarray(0, pad));
       }
@@ -368,6 +422,7 @@ export class GgufWriter {
         bytes: written,
         tensorCount: this.#tensors.length,
         parameters: this.#tensors.reduce((a, t) => a + t.elements, 0),
+        layout,
       };
     } finally {
       closeSync(fd);
@@ -375,7 +430,7 @@ export class GgufWriter {
   }
 }
 
-function writeAll(fd: number, buf: Buffer): number {
+function writeAll(fd: number, buf: Uint8Array): number {
   let done = 0;
   while (done < buf.length) done += writeSync(fd, buf, done, buf.length - done);
   return buf.length;

@@ -1,68 +1,52 @@
-import { existsSync, statSync } from "node:fs";
-import { readGgufFileInfo } from "node-llama-cpp";
+import { statSync } from "node:fs";
 import { SluiceError } from "../errors.ts";
+import { checkHyperparameters } from "./gguf/checkHyperparameters.ts";
+import { checkLlama } from "./gguf/checkLlama.ts";
+import { checkTensorTable } from "./gguf/checkTensorTable.ts";
+import { checkTokens } from "./gguf/checkTokens.ts";
+import { MetadataReader } from "./gguf/MetadataReader.ts";
+import { readGgufHeader } from "./gguf/readGgufHeader.ts";
 
-type Metadata = Record<string, unknown>;
-
-// llama.cpp aborts the whole process (an uncatchable GGML_ASSERT) on some missing hyperparameters, so a
-// user-supplied file is checked here first and rejected with a clear error instead.
-const REQUIRED_HPARAMS = ["context_length", "embedding_length", "block_count"] as const;
-const TRANSFORMER_HPARAMS = ["feed_forward_length", "attention.head_count"] as const;
-const TRANSFORMER_ARCHS = new Set([
-  "llama",
-  "qwen2",
-  "qwen3",
-  "mistral",
-  "gemma",
-  "gemma2",
-  "gemma3",
-  "phi3",
-  "granite",
-]);
-
-function lookup(metadata: Metadata, dotted: string): unknown {
-  let node: unknown = metadata;
-  for (const part of dotted.split(".")) {
-    if (node === null || typeof node !== "object") return undefined;
-    node = (node as Metadata)[part];
-  }
-  return node;
-}
-
-/** Reads a GGUF's metadata and throws `model_invalid` when llama.cpp would fail (or crash) loading it. */
+/**
+ * Checks a GGUF file before llama.cpp (or node-llama-cpp's own reader) sees it, so that a malformed file is an
+ * error and not a crash: llama.cpp aborts the whole process (an uncatchable GGML_ASSERT) on some bad
+ * hyperparameters, and a corrupt count in the header makes a reader allocate without end.
+ *
+ * Reads only the header, metadata and tensor table (never tensor data), every count and length bounded by the
+ * file's size, then checks: the format as llama.cpp's gguf.cpp reads it; every tensor's shape, type and data
+ * range within the file; the hyperparameters llama.cpp reads for every architecture (and for attention
+ * architectures, the head counts); a vocabulary of distinct tokens; and for the llama architecture every tensor a
+ * block needs, with the shape and type the hyperparameters call for. See `gguf/` for each step.
+ *
+ * node-llama-cpp's readGgufFileInfo is not used here: it reads past the end of a file as zeros and loops as long
+ * as a count says, so an absurd n_dims or array length keeps it reading (and its buffer growing) without end.
+ * Once this check passes, it and llama.cpp read the file safely.
+ *
+ * @param path a local file.
+ * @returns the architecture and the training context length (`<arch>.context_length`).
+ * @throws SluiceError `model_invalid` whose message names the file, the field at fault, its value and what is
+ *   wrong, or that the file is missing or unreadable.
+ */
 export async function checkGguf(path: string): Promise<{ architecture: string; contextLength: number }> {
-  if (!existsSync(path) || !statSync(path).isFile()) {
+  let isFile = false;
+  try {
+    isFile = statSync(path).isFile();
+  } catch {
+    // Missing, or a path we may not even stat: either way there is no file to load.
+  }
+  if (!isFile) {
     throw new SluiceError(
       "model_invalid",
       `Model file not found: ${path}. Pass the path of a local .gguf file.`,
     );
   }
-  let metadata: Metadata;
-  try {
-    metadata = (await readGgufFileInfo(path, { readTensorInfo: false })).metadata as unknown as Metadata;
-  } catch (cause) {
-    throw new SluiceError(
-      "model_invalid",
-      `${path} is not a readable GGUF file: ${(cause as Error).message}`,
-      {
-        cause,
-      },
-    );
+  const header = readGgufHeader(path);
+  const tensors = checkTensorTable(path, header);
+  const hparams = checkHyperparameters(path, header.metadata, tensors.length);
+  const vocabularySize = checkTokens(path, header.metadata);
+  // A split model's other tensors are in the other files; its shapes are left to llama.cpp.
+  if (hparams.architecture === "llama" && !hparams.split) {
+    checkLlama(new MetadataReader(path, header.metadata), hparams, vocabularySize, tensors);
   }
-  const architecture = lookup(metadata, "general.architecture");
-  if (typeof architecture !== "string") {
-    throw new SluiceError("model_invalid", `${path} has no general.architecture; it is not a model GGUF.`);
-  }
-  const needed = [...REQUIRED_HPARAMS, ...(TRANSFORMER_ARCHS.has(architecture) ? TRANSFORMER_HPARAMS : [])];
-  const missing = needed.filter((key) => lookup(metadata, `${architecture}.${key}`) === undefined);
-  if (missing.length > 0) {
-    throw new SluiceError(
-      "model_invalid",
-      `${path} lacks required metadata ${missing.map((k) => `${architecture}.${k}`).join(", ")}; llama.cpp cannot load it.`,
-    );
-  }
-  if (!Array.isArray(lookup(metadata, "tokenizer.ggml.tokens"))) {
-    throw new SluiceError("model_invalid", `${path} has no tokenizer vocabulary (tokenizer.ggml.tokens).`);
-  }
-  return { architecture, contextLength: Number(lookup(metadata, `${architecture}.context_length`)) };
+  return { architecture: hparams.architecture, contextLength: hparams.contextLength };
 }

@@ -1,0 +1,415 @@
+import { closeSync, fstatSync, openSync, readSync } from "node:fs";
+import { SluiceError } from "../../errors.ts";
+import { modelInvalid } from "./modelInvalid.ts";
+
+export type GgufValueType =
+  | "uint8"
+  | "int8"
+  | "uint16"
+  | "int16"
+  | "uint32"
+  | "int32"
+  | "float32"
+  | "bool"
+  | "string"
+  | "uint64"
+  | "int64"
+  | "float64";
+
+export type GgufScalar = number | bigint | boolean | string;
+
+/**
+ * One metadata value with its on-disk type. Only what a check can need is kept: strings over 1 MiB and the
+ * items of string arrays (but the vocabulary's, kept as latin1) or of numeric arrays over 4096 items are
+ * skipped (undefined), never decoded.
+ */
+export type GgufEntry =
+  | { kind: "scalar"; type: GgufValueType; value: GgufScalar | undefined }
+  | { kind: "array"; type: GgufValueType; length: number; items: readonly GgufScalar[] | undefined };
+
+/** A tensor-table row as stored; its shape and type are checked by `checkTensorTable`. */
+export interface GgufTensorEntry {
+  name: string;
+  /** Dimensions in GGUF order: ne[0] is the contiguous row length. */
+  ne: readonly bigint[];
+  /** The `ggml_type` id. */
+  type: number;
+  /** Where the data starts, from the start of the data section. */
+  offset: bigint;
+}
+
+export interface GgufHeader {
+  version: number;
+  /** `general.alignment`, or GGUF's default of 32. */
+  alignment: number;
+  metadata: ReadonlyMap<string, GgufEntry>;
+  tensors: readonly GgufTensorEntry[];
+  /** Where the tensor data section starts: the end of the tensor table, aligned. */
+  dataOffset: number;
+  fileSize: number;
+}
+
+const GGUF_MAGIC = 0x46554747; // "GGUF" read as a little-endian uint32
+const ARRAY_TYPE_ID = 9;
+/** By GGUF type id; `bytes` is the encoded size (for strings, the size of the length in front). */
+const VALUE_TYPES: readonly ({ name: GgufValueType; bytes: number } | undefined)[] = [
+  { name: "uint8", bytes: 1 },
+  { name: "int8", bytes: 1 },
+  { name: "uint16", bytes: 2 },
+  { name: "int16", bytes: 2 },
+  { name: "uint32", bytes: 4 },
+  { name: "int32", bytes: 4 },
+  { name: "float32", bytes: 4 },
+  { name: "bool", bytes: 1 },
+  { name: "string", bytes: 8 },
+  undefined, // array
+  { name: "uint64", bytes: 8 },
+  { name: "int64", bytes: 8 },
+  { name: "float64", bytes: 8 },
+];
+
+const VALUE_BYTES = Object.fromEntries(
+  VALUE_TYPES.flatMap((t) => (t === undefined ? [] : [[t.name, t.bytes]])),
+) as Record<GgufValueType, number>;
+
+// llama.cpp's own limits (gguf.cpp, ggml.h): longer strings, longer arrays, longer tensor names or more
+// dimensions are refused there too.
+const MAX_STRING_BYTES = 2 ** 30;
+const MAX_ARRAY_ITEMS = 2n ** 30n;
+const MAX_TENSOR_NAME_BYTES = 63;
+const MAX_DIMS = 4;
+/** Keys are dotted names: a key this long is a corrupt length, and decoding it would cost the whole file. */
+const MAX_KEY_BYTES = 65_535;
+const MAX_KEPT_STRING_BYTES = 1 << 20;
+/** String arrays whose items are kept, as latin1 (one char per byte): the vocabulary, checked for duplicates. */
+const BYTE_STRING_ARRAYS = new Set(["tokenizer.ggml.tokens"]);
+/** Enough for any per-layer array (llama.cpp allows at most 512 layers). */
+const MAX_KEPT_ITEMS = 4096;
+/**
+ * Far above any real model (tens of metadata entries, a few thousand tensors, vocabularies of a few hundred
+ * thousand tokens): more is a corrupt count, and keeping that many would cost memory out of all proportion.
+ */
+const MAX_ENTRIES = 1 << 20;
+const MAX_VOCABULARY = 1 << 24;
+/** The least bytes one metadata entry (a 1-byte key, its type, a 1-byte value) or tensor row can take. */
+const MIN_ENTRY_BYTES = 8n + 1n + 4n + 1n;
+const MIN_TENSOR_ROW_BYTES = 8n + 1n + 4n + 8n + 4n + 8n;
+const WINDOW_BYTES = 256 << 10;
+
+/**
+ * Reads bytes through a window so that skipped values (a vocabulary's strings) cost no reads, and refuses to
+ * move past the end of the file: every length is compared with the bytes that remain before anything is
+ * allocated from it, so a corrupt count ends the read at once instead of growing memory.
+ */
+class Cursor {
+  /** What is being read, for the message when the file ends early. */
+  context = "the GGUF header";
+  #pos = 0;
+  #window = Buffer.alloc(0);
+  #windowStart = 0;
+
+  constructor(
+    readonly fd: number,
+    readonly size: number,
+    readonly path: string,
+  ) {}
+
+  get pos(): number {
+    return this.#pos;
+  }
+
+  get remaining(): number {
+    return this.size - this.#pos;
+  }
+
+  truncated(): Error {
+    return modelInvalid(
+      this.path,
+      `the file ends inside ${this.context} (${this.size} bytes in all); it is truncated or its header is corrupt.`,
+    );
+  }
+
+  /** Moves past `n` bytes and returns where they start in the window, reading them in first if needed. */
+  #take(n: number): number {
+    if (n > this.remaining) throw this.truncated();
+    let at = this.#pos - this.#windowStart;
+    if (at < 0 || at + n > this.#window.length) {
+      const length = Math.min(Math.max(n, WINDOW_BYTES), this.remaining);
+      this.#window = Buffer.allocUnsafe(length);
+      let filled = 0;
+      while (filled < length) {
+        const read = readSync(this.fd, this.#window, filled, length - filled, this.#pos + filled);
+        if (read === 0) throw this.truncated(); // the file shrank under us
+        filled += read;
+      }
+      this.#windowStart = this.#pos;
+      at = 0;
+    }
+    this.#pos += n;
+    return at;
+  }
+
+  skip(n: number): void {
+    if (n > this.remaining) throw this.truncated();
+    this.#pos += n;
+  }
+
+  // Each read takes its bytes before touching #window: taking them may replace it.
+  u32(): number {
+    const at = this.#take(4);
+    return this.#window.readUInt32LE(at);
+  }
+
+  u64(): bigint {
+    const at = this.#take(8);
+    return this.#window.readBigUInt64LE(at);
+  }
+
+  text(n: number, encoding: "utf8" | "latin1" = "utf8"): string {
+    const at = this.#take(n);
+    return this.#window.toString(encoding, at, at + n);
+  }
+
+  /**
+   * A length-prefixed string; undefined (skipped unread) when longer than `keep` bytes. `latin1` keeps one char
+   * per byte, so that comparing two strings compares their bytes (as llama.cpp does).
+   */
+  string(keep: number, encoding: "utf8" | "latin1" = "utf8"): string | undefined {
+    const n = this.u64();
+    if (n > BigInt(this.remaining)) {
+      throw modelInvalid(
+        this.path,
+        `${this.context} has a string of ${n} bytes, but only ${this.remaining} bytes of the file follow.`,
+      );
+    }
+    if (n > MAX_STRING_BYTES) {
+      throw modelInvalid(
+        this.path,
+        `${this.context} has a string of ${n} bytes; llama.cpp accepts at most ${MAX_STRING_BYTES}.`,
+      );
+    }
+    if (n > BigInt(keep)) {
+      this.skip(Number(n));
+      return undefined;
+    }
+    return this.text(Number(n), encoding);
+  }
+
+  value(type: GgufValueType): GgufScalar | undefined {
+    if (type === "string") return this.string(MAX_KEPT_STRING_BYTES);
+    const at = this.#take(VALUE_BYTES[type]);
+    const w = this.#window;
+    switch (type) {
+      case "uint8":
+        return w.readUInt8(at);
+      case "int8":
+        return w.readInt8(at);
+      case "uint16":
+        return w.readUInt16LE(at);
+      case "int16":
+        return w.readInt16LE(at);
+      case "uint32":
+        return w.readUInt32LE(at);
+      case "int32":
+        return w.readInt32LE(at);
+      case "float32":
+        return w.readFloatLE(at);
+      case "bool":
+        return w.readUInt8(at) !== 0;
+      case "uint64":
+        return w.readBigUInt64LE(at);
+      case "int64":
+        return w.readBigInt64LE(at);
+      case "float64":
+        return w.readDoubleLE(at);
+    }
+  }
+}
+
+/**
+ * Reads a GGUF file's header, metadata and tensor table (never its tensor data) with every count and length
+ * bounded by the file's size, and refuses what llama.cpp's own reader (gguf.cpp) refuses: a bad magic or
+ * version, empty or duplicate keys, unknown value types, nested arrays, over-long strings, arrays or tensor
+ * names, duplicate tensor names, more than 4 dimensions, a bad `general.alignment`.
+ *
+ * @throws SluiceError `model_invalid` naming the file, the field, its value and the fault; or that the file
+ *   could not be read.
+ */
+export function readGgufHeader(path: string): GgufHeader {
+  let fd: number | undefined;
+  try {
+    fd = openSync(path, "r");
+    return parse(new Cursor(fd, fstatSync(fd).size, path));
+  } catch (cause) {
+    if (cause instanceof SluiceError) throw cause;
+    throw new SluiceError("model_invalid", `${path} could not be read: ${(cause as Error).message}`, {
+      cause,
+    });
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}
+
+function parse(c: Cursor): GgufHeader {
+  if (c.remaining < 4 || c.u32() !== GGUF_MAGIC) {
+    throw modelInvalid(c.path, `is not a GGUF file: it does not start with "GGUF".`);
+  }
+  const version = c.u32();
+  if (version === 1) throw modelInvalid(c.path, "is GGUF version 1, which llama.cpp no longer reads.");
+  if (version !== 2 && version !== 3) {
+    const hint = version > 0xffff ? " (a big-endian file?)" : "";
+    throw modelInvalid(c.path, `has GGUF version ${version}${hint}; llama.cpp reads versions 2 and 3.`);
+  }
+  const tensorCount = c.u64();
+  const kvCount = c.u64();
+  if (kvCount > MAX_ENTRIES || tensorCount > MAX_ENTRIES) {
+    throw modelInvalid(
+      c.path,
+      `the header declares ${kvCount} metadata entries and ${tensorCount} tensors; more than ${MAX_ENTRIES} ` +
+        "of either is a corrupt count.",
+    );
+  }
+  const least = kvCount * MIN_ENTRY_BYTES + tensorCount * MIN_TENSOR_ROW_BYTES;
+  if (least > BigInt(c.remaining)) {
+    throw modelInvalid(
+      c.path,
+      `the header declares ${kvCount} metadata entries and ${tensorCount} tensors, which take at least ` +
+        `${least} bytes, but only ${c.remaining} bytes follow; the counts are corrupt or the file is truncated.`,
+    );
+  }
+  const metadata = readMetadata(c, Number(kvCount));
+  const alignment = readAlignment(c.path, metadata);
+  const tensors = readTensorTable(c, Number(tensorCount));
+  const dataOffset = Math.ceil(c.pos / alignment) * alignment;
+  if (tensors.length > 0 && dataOffset > c.size) {
+    throw modelInvalid(
+      c.path,
+      `the tensor table ends at byte ${c.pos}, so the tensor data would start at byte ${dataOffset}, ` +
+        `past the end of the file (${c.size} bytes); it is truncated.`,
+    );
+  }
+  return { version, alignment, metadata, tensors, dataOffset, fileSize: c.size };
+}
+
+function readMetadata(c: Cursor, count: number): Map<string, GgufEntry> {
+  const metadata = new Map<string, GgufEntry>();
+  for (let i = 0; i < count; i++) {
+    c.context = `metadata entry #${i}`;
+    const keyBytes = c.u64();
+    if (keyBytes === 0n || keyBytes > MAX_KEY_BYTES) {
+      throw modelInvalid(
+        c.path,
+        `metadata entry #${i} has a key of ${keyBytes} bytes; a key is a dotted name of 1 to ${MAX_KEY_BYTES} bytes.`,
+      );
+    }
+    const key = c.text(Number(keyBytes));
+    if (metadata.has(key)) throw modelInvalid(c.path, `metadata key "${key}" appears twice.`);
+    c.context = `metadata key "${key}"`;
+    const typeId = c.u32();
+    if (typeId === ARRAY_TYPE_ID) {
+      metadata.set(key, readArray(c, key));
+      continue;
+    }
+    const type = VALUE_TYPES[typeId];
+    if (type === undefined)
+      throw modelInvalid(c.path, `metadata key "${key}" has unknown value type ${typeId}.`);
+    metadata.set(key, { kind: "scalar", type: type.name, value: c.value(type.name) });
+  }
+  return metadata;
+}
+
+function readArray(c: Cursor, key: string): GgufEntry {
+  const itemTypeId = c.u32();
+  const itemType = VALUE_TYPES[itemTypeId];
+  if (itemType === undefined) {
+    const what =
+      itemTypeId === ARRAY_TYPE_ID ? "arrays (nested arrays are not GGUF)" : `unknown type ${itemTypeId}`;
+    throw modelInvalid(c.path, `metadata key "${key}" is an array of ${what}.`);
+  }
+  const length = c.u64();
+  if (length > MAX_ARRAY_ITEMS) {
+    throw modelInvalid(
+      c.path,
+      `metadata key "${key}" declares ${length} items; llama.cpp accepts at most ${MAX_ARRAY_ITEMS}.`,
+    );
+  }
+  if (length * BigInt(itemType.bytes) > BigInt(c.remaining)) {
+    throw modelInvalid(
+      c.path,
+      `metadata key "${key}" declares ${length} ${itemType.name} items, which take at least ` +
+        `${length * BigInt(itemType.bytes)} bytes, but only ${c.remaining} bytes of the file follow.`,
+    );
+  }
+  const n = Number(length);
+  if (itemType.name === "string") {
+    if (!BYTE_STRING_ARRAYS.has(key)) {
+      for (let j = 0; j < n; j++) c.string(0);
+      return { kind: "array", type: "string", length: n, items: undefined };
+    }
+    if (n > MAX_VOCABULARY) {
+      throw modelInvalid(
+        c.path,
+        `metadata key "${key}" has ${n} tokens; more than ${MAX_VOCABULARY} is a corrupt count.`,
+      );
+    }
+    const items: string[] = new Array(n);
+    for (let j = 0; j < n; j++) items[j] = c.string(MAX_STRING_BYTES, "latin1")!;
+    return { kind: "array", type: "string", length: n, items };
+  }
+  if (n > MAX_KEPT_ITEMS) {
+    c.skip(n * itemType.bytes);
+    return { kind: "array", type: itemType.name, length: n, items: undefined };
+  }
+  const items: GgufScalar[] = new Array(n);
+  for (let j = 0; j < n; j++) items[j] = c.value(itemType.name)!;
+  return { kind: "array", type: itemType.name, length: n, items };
+}
+
+function readAlignment(path: string, metadata: ReadonlyMap<string, GgufEntry>): number {
+  const entry = metadata.get("general.alignment");
+  if (entry === undefined) return 32;
+  if (entry.kind !== "scalar" || entry.type !== "uint32") {
+    throw modelInvalid(path, `general.alignment is ${describeType(entry)}; llama.cpp requires a uint32.`);
+  }
+  const alignment = entry.value as number;
+  if (alignment === 0 || (alignment & (alignment - 1)) !== 0) {
+    throw modelInvalid(path, `general.alignment is ${alignment}; it must be a power of two.`);
+  }
+  return alignment;
+}
+
+function readTensorTable(c: Cursor, count: number): GgufTensorEntry[] {
+  const tensors: GgufTensorEntry[] = [];
+  const names = new Set<string>();
+  for (let i = 0; i < count; i++) {
+    c.context = `the name of tensor #${i}`;
+    const nameBytes = c.u64();
+    if (nameBytes === 0n || nameBytes > MAX_TENSOR_NAME_BYTES) {
+      throw modelInvalid(
+        c.path,
+        `tensor #${i} has a name of ${nameBytes} bytes; llama.cpp requires 1 to ${MAX_TENSOR_NAME_BYTES}.`,
+      );
+    }
+    const name = c.text(Number(nameBytes));
+    if (names.has(name)) throw modelInvalid(c.path, `tensor ${name} appears twice in the tensor table.`);
+    names.add(name);
+    c.context = `the tensor table row of ${name}`;
+    const nDims = c.u32();
+    // Checked before the dimensions are read: an absurd count would otherwise read on into the data.
+    if (nDims < 1 || nDims > MAX_DIMS) {
+      throw modelInvalid(c.path, `tensor ${name} has n_dims ${nDims}; a GGUF tensor has 1 to ${MAX_DIMS}.`);
+    }
+    const ne: bigint[] = [];
+    for (let d = 0; d < nDims; d++) ne.push(c.u64());
+    const type = c.u32();
+    const offset = c.u64();
+    tensors.push({ name, ne, type, offset });
+  }
+  return tensors;
+}
+
+/** "a uint32", "an array of 5 int32" — for messages. */
+export function describeType(entry: GgufEntry): string {
+  if (entry.kind === "array") return `an array of ${entry.length} ${entry.type}`;
+  return `${entry.type.startsWith("i") ? "an" : "a"} ${entry.type}`;
+}
