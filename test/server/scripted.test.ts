@@ -162,10 +162,11 @@ describe("server behaviour that needs deterministic engine timing (scripted engi
     const body = { prompt: "p", max_tokens: 5 };
     const first = fetch(`${served.url}/v1/completions`, { method: "POST", body: JSON.stringify(body) });
     await holding;
-    // The step in flight holds the first; these two wait in the queue (maxQueue 2).
-    const waiting = [0, 1].map(() => post(served.url, "/v1/completions", { ...body, stream: true }));
+    // The step in flight holds the first in one slot; the other slot takes the next at once (it does not
+    // count against the queue) and the two after it wait (maxQueue 2).
+    const waiting = [0, 1, 2].map(() => post(served.url, "/v1/completions", { ...body, stream: true }));
     await Promise.all(waiting.map((s) => s.head));
-    assert.equal(runtime.load.queued, 2);
+    assert.equal(runtime.load.queued, 3);
     const refused = await fetch(`${served.url}/v1/completions`, {
       method: "POST",
       body: JSON.stringify(body),
