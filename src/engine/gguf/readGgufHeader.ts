@@ -1,22 +1,14 @@
-import { closeSync, fstatSync, openSync, readSync } from "node:fs";
+import { closeSync, fstatSync, openSync } from "node:fs";
 import { SluiceError } from "../../errors.ts";
+import {
+  ARRAY_TYPE_ID,
+  GgufCursor,
+  type GgufScalar,
+  type GgufValueType,
+  MAX_STRING_BYTES,
+  VALUE_TYPES,
+} from "./GgufCursor.ts";
 import { modelInvalid } from "./modelInvalid.ts";
-
-export type GgufValueType =
-  | "uint8"
-  | "int8"
-  | "uint16"
-  | "int16"
-  | "uint32"
-  | "int32"
-  | "float32"
-  | "bool"
-  | "string"
-  | "uint64"
-  | "int64"
-  | "float64";
-
-export type GgufScalar = number | bigint | boolean | string;
 
 /**
  * One metadata value with its on-disk type. Only what a check can need is kept: strings over 1 MiB and the
@@ -50,37 +42,13 @@ export interface GgufHeader {
 }
 
 const GGUF_MAGIC = 0x46554747; // "GGUF" read as a little-endian uint32
-const ARRAY_TYPE_ID = 9;
-/** By GGUF type id; `bytes` is the encoded size (for strings, the size of the length in front). */
-const VALUE_TYPES: readonly ({ name: GgufValueType; bytes: number } | undefined)[] = [
-  { name: "uint8", bytes: 1 },
-  { name: "int8", bytes: 1 },
-  { name: "uint16", bytes: 2 },
-  { name: "int16", bytes: 2 },
-  { name: "uint32", bytes: 4 },
-  { name: "int32", bytes: 4 },
-  { name: "float32", bytes: 4 },
-  { name: "bool", bytes: 1 },
-  { name: "string", bytes: 8 },
-  undefined, // array
-  { name: "uint64", bytes: 8 },
-  { name: "int64", bytes: 8 },
-  { name: "float64", bytes: 8 },
-];
-
-const VALUE_BYTES = Object.fromEntries(
-  VALUE_TYPES.flatMap((t) => (t === undefined ? [] : [[t.name, t.bytes]])),
-) as Record<GgufValueType, number>;
-
-// llama.cpp's own limits (gguf.cpp, ggml.h): longer strings, longer arrays, longer tensor names or more
-// dimensions are refused there too.
-const MAX_STRING_BYTES = 2 ** 30;
+// llama.cpp's own limits (gguf.cpp, ggml.h): longer arrays, longer tensor names or more dimensions are refused
+// there too.
 const MAX_ARRAY_ITEMS = 2n ** 30n;
 const MAX_TENSOR_NAME_BYTES = 63;
 const MAX_DIMS = 4;
 /** Keys are dotted names: a key this long is a corrupt length, and decoding it would cost the whole file. */
 const MAX_KEY_BYTES = 65_535;
-const MAX_KEPT_STRING_BYTES = 1 << 20;
 /** String arrays whose items are kept, as latin1 (one char per byte): the vocabulary, checked for duplicates. */
 const BYTE_STRING_ARRAYS = new Set(["tokenizer.ggml.tokens"]);
 /** Enough for any per-layer array (llama.cpp allows at most 512 layers). */
@@ -94,137 +62,6 @@ const MAX_VOCABULARY = 1 << 24;
 /** The least bytes one metadata entry (a 1-byte key, its type, a 1-byte value) or tensor row can take. */
 const MIN_ENTRY_BYTES = 8n + 1n + 4n + 1n;
 const MIN_TENSOR_ROW_BYTES = 8n + 1n + 4n + 8n + 4n + 8n;
-const WINDOW_BYTES = 256 << 10;
-
-/**
- * Reads bytes through a window so that skipped values (a vocabulary's strings) cost no reads, and refuses to
- * move past the end of the file: every length is compared with the bytes that remain before anything is
- * allocated from it, so a corrupt count ends the read at once instead of growing memory.
- */
-class Cursor {
-  /** What is being read, for the message when the file ends early. */
-  context = "the GGUF header";
-  #pos = 0;
-  #window = Buffer.alloc(0);
-  #windowStart = 0;
-
-  constructor(
-    readonly fd: number,
-    readonly size: number,
-    readonly path: string,
-  ) {}
-
-  get pos(): number {
-    return this.#pos;
-  }
-
-  get remaining(): number {
-    return this.size - this.#pos;
-  }
-
-  truncated(): Error {
-    return modelInvalid(
-      this.path,
-      `the file ends inside ${this.context} (${this.size} bytes in all); it is truncated or its header is corrupt.`,
-    );
-  }
-
-  /** Moves past `n` bytes and returns where they start in the window, reading them in first if needed. */
-  #take(n: number): number {
-    if (n > this.remaining) throw this.truncated();
-    let at = this.#pos - this.#windowStart;
-    if (at < 0 || at + n > this.#window.length) {
-      const length = Math.min(Math.max(n, WINDOW_BYTES), this.remaining);
-      this.#window = Buffer.allocUnsafe(length);
-      let filled = 0;
-      while (filled < length) {
-        const read = readSync(this.fd, this.#window, filled, length - filled, this.#pos + filled);
-        if (read === 0) throw this.truncated(); // the file shrank under us
-        filled += read;
-      }
-      this.#windowStart = this.#pos;
-      at = 0;
-    }
-    this.#pos += n;
-    return at;
-  }
-
-  skip(n: number): void {
-    if (n > this.remaining) throw this.truncated();
-    this.#pos += n;
-  }
-
-  // Each read takes its bytes before touching #window: taking them may replace it.
-  u32(): number {
-    const at = this.#take(4);
-    return this.#window.readUInt32LE(at);
-  }
-
-  u64(): bigint {
-    const at = this.#take(8);
-    return this.#window.readBigUInt64LE(at);
-  }
-
-  text(n: number, encoding: "utf8" | "latin1" = "utf8"): string {
-    const at = this.#take(n);
-    return this.#window.toString(encoding, at, at + n);
-  }
-
-  /**
-   * A length-prefixed string; undefined (skipped unread) when longer than `keep` bytes. `latin1` keeps one char
-   * per byte, so that comparing two strings compares their bytes (as llama.cpp does).
-   */
-  string(keep: number, encoding: "utf8" | "latin1" = "utf8"): string | undefined {
-    const n = this.u64();
-    if (n > BigInt(this.remaining)) {
-      throw modelInvalid(
-        this.path,
-        `${this.context} has a string of ${n} bytes, but only ${this.remaining} bytes of the file follow.`,
-      );
-    }
-    if (n > MAX_STRING_BYTES) {
-      throw modelInvalid(
-        this.path,
-        `${this.context} has a string of ${n} bytes; llama.cpp accepts at most ${MAX_STRING_BYTES}.`,
-      );
-    }
-    if (n > BigInt(keep)) {
-      this.skip(Number(n));
-      return undefined;
-    }
-    return this.text(Number(n), encoding);
-  }
-
-  value(type: GgufValueType): GgufScalar | undefined {
-    if (type === "string") return this.string(MAX_KEPT_STRING_BYTES);
-    const at = this.#take(VALUE_BYTES[type]);
-    const w = this.#window;
-    switch (type) {
-      case "uint8":
-        return w.readUInt8(at);
-      case "int8":
-        return w.readInt8(at);
-      case "uint16":
-        return w.readUInt16LE(at);
-      case "int16":
-        return w.readInt16LE(at);
-      case "uint32":
-        return w.readUInt32LE(at);
-      case "int32":
-        return w.readInt32LE(at);
-      case "float32":
-        return w.readFloatLE(at);
-      case "bool":
-        return w.readUInt8(at) !== 0;
-      case "uint64":
-        return w.readBigUInt64LE(at);
-      case "int64":
-        return w.readBigInt64LE(at);
-      case "float64":
-        return w.readDoubleLE(at);
-    }
-  }
-}
 
 /**
  * Reads a GGUF file's header, metadata and tensor table (never its tensor data) with every count and length
@@ -239,7 +76,7 @@ export function readGgufHeader(path: string): GgufHeader {
   let fd: number | undefined;
   try {
     fd = openSync(path, "r");
-    return parse(new Cursor(fd, fstatSync(fd).size, path));
+    return parse(new GgufCursor(fd, fstatSync(fd).size, path));
   } catch (cause) {
     if (cause instanceof SluiceError) throw cause;
     throw new SluiceError("model_invalid", `${path} could not be read: ${(cause as Error).message}`, {
@@ -250,7 +87,7 @@ export function readGgufHeader(path: string): GgufHeader {
   }
 }
 
-function parse(c: Cursor): GgufHeader {
+function parse(c: GgufCursor): GgufHeader {
   if (c.remaining < 4 || c.u32() !== GGUF_MAGIC) {
     throw modelInvalid(c.path, `is not a GGUF file: it does not start with "GGUF".`);
   }
@@ -291,7 +128,7 @@ function parse(c: Cursor): GgufHeader {
   return { version, alignment, metadata, tensors, dataOffset, fileSize: c.size };
 }
 
-function readMetadata(c: Cursor, count: number): Map<string, GgufEntry> {
+function readMetadata(c: GgufCursor, count: number): Map<string, GgufEntry> {
   const metadata = new Map<string, GgufEntry>();
   for (let i = 0; i < count; i++) {
     c.context = `metadata entry #${i}`;
@@ -318,7 +155,7 @@ function readMetadata(c: Cursor, count: number): Map<string, GgufEntry> {
   return metadata;
 }
 
-function readArray(c: Cursor, key: string): GgufEntry {
+function readArray(c: GgufCursor, key: string): GgufEntry {
   const itemTypeId = c.u32();
   const itemType = VALUE_TYPES[itemTypeId];
   if (itemType === undefined) {
@@ -378,7 +215,7 @@ function readAlignment(path: string, metadata: ReadonlyMap<string, GgufEntry>): 
   return alignment;
 }
 
-function readTensorTable(c: Cursor, count: number): GgufTensorEntry[] {
+function readTensorTable(c: GgufCursor, count: number): GgufTensorEntry[] {
   const tensors: GgufTensorEntry[] = [];
   const names = new Set<string>();
   for (let i = 0; i < count; i++) {
