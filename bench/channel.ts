@@ -45,7 +45,7 @@ interface Contender {
 
 const TERMINAL: TerminalInfo = {
   reason: "eos",
-  usage: { promptTokens: 0, completionTokens: 0 },
+  usage: { promptTokens: 0, completionTokens: 0, cachedTokens: 0 },
   timings: { queuedMs: 0, prefillMs: 0, decodeMs: 0, firstTokenMs: 0, tokensPerSecond: 0 },
 };
 

@@ -53,7 +53,7 @@ const fresh = (id: number): string => decoder.decode(vocabulary.bytesOf(id));
 
 const TERMINAL: TerminalInfo = {
   reason: "length",
-  usage: { promptTokens: 0, completionTokens: 0 },
+  usage: { promptTokens: 0, completionTokens: 0, cachedTokens: 0 },
   timings: { queuedMs: 0, prefillMs: 0, decodeMs: 0, firstTokenMs: 0, tokensPerSecond: 0 },
 };
 

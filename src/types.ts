@@ -31,6 +31,8 @@ export interface StreamChunk {
 export interface Usage {
   promptTokens: number;
   completionTokens: number;
+  /** Prompt tokens found in the slot's prompt cache and not evaluated again (OpenAI's `cached_tokens`). */
+  cachedTokens: number;
 }
 
 export interface Timings {
@@ -70,7 +72,10 @@ export interface SamplingOptions {
   topP?: number;
   /** Defaults to 0. */
   minP?: number;
-  /** Seed of the sampler; defaults to a random one. Same seed + same prompt = same output. */
+  /**
+   * Seed of the sampler; defaults to a random one. Same seed + same prompt = same output when the request
+   * runs alone (see the README's Reproducibility).
+   */
   seed?: number;
 }
 
@@ -100,4 +105,9 @@ export interface GenerationRequest extends SamplingOptions {
   id?: string;
   /** Make `channel.result` reject with a `SluiceError` when the generation ends with `error`. Defaults to false. */
   rejectOnError?: boolean;
+  /**
+   * Reuse a slot's cached prompt prefix (llama.cpp's `cache_prompt`). Defaults to true (when the runtime's
+   * `promptCache` is on); false evaluates the whole prompt on an emptied slot.
+   */
+  cachePrompt?: boolean;
 }

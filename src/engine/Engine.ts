@@ -23,6 +23,16 @@ export interface StepItem {
 /** What one item of a step produced. An error here belongs to that slot's request only. */
 export type StepOutcome = { ok: true; token: number | undefined } | { ok: false; error: unknown };
 
+/** What an engine can do beyond running steps. */
+export interface EngineCapabilities {
+  /**
+   * Slots keep their KV cache after a request: `cachedTokens` reports it and `trimSlot` keeps a prefix of it,
+   * so a request sharing a prefix with a slot's last one reads only the rest. When false, `cachedTokens` is
+   * always empty and the runtime starts every request from an empty slot.
+   */
+  promptCache: boolean;
+}
+
 export interface EngineInfo {
   /** Human-readable model name (file name for local models). */
   model: string;
@@ -30,11 +40,20 @@ export interface EngineInfo {
   /** Tokens one slot can hold: prompt + generated. */
   contextSize: number;
   vocabulary: Vocabulary;
+  /** Whether a text prompt gets the BOS token in front (the model's `add_bos_token`, llama.cpp's rule). */
+  addBos: boolean;
+  /** Most tokens one step may carry across all its items (the engine's batch size). */
+  maxStepTokens: number;
+  capabilities: EngineCapabilities;
 }
 
 /**
- * The one interface the step loop drives. A step is one batched engine call advancing every item. The runtime
- * never issues two steps at once and never resets a slot while a step is in flight.
+ * The one interface the step loop drives, and everything the runtime and the server rely on. A step is one
+ * batched engine call advancing every item. The runtime never issues two steps at once and never calls
+ * `releaseSlot` or `trimSlot` while a step is in flight.
+ *
+ * A slot's life: steps feed it tokens (appended to its KV cache); `releaseSlot` ends the request on it (the
+ * cache stays); `trimSlot` keeps the first n cached tokens before the next request's first step.
  */
 export interface Engine {
   readonly info: EngineInfo;
@@ -42,7 +61,20 @@ export interface Engine {
   tokenize(text: string, options: { special: boolean }): number[];
   /** Run one step. Resolves one outcome per item, in order; rejects only when the whole engine failed. */
   step(items: readonly StepItem[]): Promise<StepOutcome[]>;
-  /** Forget a slot's state so another request can use it. Only called when no step is in flight. */
-  resetSlot(slot: number): Promise<void>;
+  /**
+   * The tokens in the slot's KV cache, in order: every token a step fed it since it was last trimmed (a sampled
+   * token is in it only once fed back). Empty without `capabilities.promptCache`.
+   */
+  cachedTokens(slot: number): readonly number[];
+  /**
+   * The request on the slot is over: end whatever per-request state the engine keeps for it (sampler,
+   * generator). The KV cache stays as it is.
+   */
+  releaseSlot(slot: number): Promise<void>;
+  /**
+   * Keep the first `keep` cached tokens of a released slot and drop the rest; resolves with how many were
+   * kept (fewer, down to 0, when the engine cannot cut there). `trimSlot(slot, 0)` empties the slot.
+   */
+  trimSlot(slot: number, keep: number): Promise<number>;
   close(): Promise<void>;
 }

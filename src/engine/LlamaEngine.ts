@@ -74,7 +74,6 @@ const decodeFirst: CustomBatchingPrioritizationStrategy = ({ items, size }) => {
 /** node-llama-cpp on CPU: one context with a fixed pool of sequences, one sequence per slot. */
 export class LlamaEngine implements Engine {
   readonly info: EngineInfo;
-  readonly batchSize: number;
   readonly threads: number;
   readonly #llama: Llama;
   readonly #model: LlamaModel;
@@ -97,7 +96,6 @@ export class LlamaEngine implements Engine {
     this.#context = context;
     this.info = info;
     this.threads = threads;
-    this.batchSize = context.batchSize;
     this.#sequences = Array.from({ length: info.slots }, () => context.getSequence());
     this.#generators = new Array(info.slots).fill(undefined);
     this.#lastSampled = new Array(info.slots).fill(undefined);
@@ -146,6 +144,9 @@ export class LlamaEngine implements Engine {
         // node-llama-cpp rounds the context up; the usable per-sequence size is what the sequence reports.
         contextSize: context.contextSize,
         vocabulary,
+        addBos: model.tokens.shouldPrependBosToken,
+        maxStepTokens: context.batchSize,
+        capabilities: { promptCache: true },
       };
       return new LlamaEngine(llama, model, context, info, threads);
     } catch (cause) {
@@ -161,11 +162,6 @@ export class LlamaEngine implements Engine {
   /** The loaded node-llama-cpp model, for what needs it beyond steps (e.g. rendering chat templates). */
   get llamaModel(): LlamaModel {
     return this.#model;
-  }
-
-  /** Whether the model wants a BOS token in front of a text prompt. */
-  get addBos(): boolean {
-    return this.#model.tokens.shouldPrependBosToken;
   }
 
   tokenize(text: string, options: { special: boolean }): number[] {
@@ -219,15 +215,32 @@ export class LlamaEngine implements Engine {
     return generator;
   }
 
-  async resetSlot(slot: number): Promise<void> {
+  cachedTokens(slot: number): readonly number[] {
+    return this.#sequences[slot]!.contextTokens as number[];
+  }
+
+  async releaseSlot(slot: number): Promise<void> {
     const generator = this.#generators[slot];
     this.#generators[slot] = undefined;
     this.#lastSampled[slot] = undefined;
-    // The generator must have exited before the KV cache is cleared (clearing under a queued decode
-    // corrupts the sequence for every later request).
+    // The generator must have exited before the KV cache is touched (erasing under a queued decode corrupts
+    // the sequence for every later request). Its last sampled token was never fed: it is not in the cache.
     if (generator) await generator.return();
+  }
+
+  async trimSlot(slot: number, keep: number): Promise<number> {
     const sequence = this.#sequences[slot]!;
-    if (sequence.nextTokenIndex > 0) await sequence.clearHistory();
+    const end = sequence.nextTokenIndex;
+    if (keep >= end) return end;
+    try {
+      if (keep === 0) await sequence.clearHistory();
+      else await sequence.eraseContextTokenRanges([{ start: keep, end }]);
+      return sequence.nextTokenIndex;
+    } catch {
+      // A model whose memory cannot drop a tail (recurrent state): start over rather than keep a wrong cache.
+      await sequence.clearHistory();
+      return 0;
+    }
   }
 
   async close(): Promise<void> {

@@ -32,8 +32,12 @@ export interface ScriptedEngineOptions {
   /** Awaited inside every step before it resolves: lets a test act deterministically while a step is in flight. */
   onStep?: (step: ScriptedStep) => void | Promise<void>;
   faults?: readonly ScriptedFault[];
-  /** Awaited inside every resetSlot before it resolves: lets a test act while a slot is being freed. */
+  /** Awaited inside every releaseSlot before it resolves: lets a test act while a slot is being freed. */
   onResetSlot?: (slot: number) => void | Promise<void>;
+  /** Whether slots keep their cache between requests (`capabilities.promptCache`). Defaults to true. */
+  promptCache?: boolean;
+  /** `info.maxStepTokens`. Defaults to 512. */
+  maxStepTokens?: number;
 }
 
 /**
@@ -54,7 +58,15 @@ export class ScriptedEngine implements Engine {
   constructor(vocabulary: Vocabulary, options: ScriptedEngineOptions = {}) {
     this.#options = options;
     const slots = options.slots ?? 4;
-    this.info = { model: "scripted", slots, contextSize: options.contextSize ?? 512, vocabulary };
+    this.info = {
+      model: "scripted",
+      slots,
+      contextSize: options.contextSize ?? 512,
+      vocabulary,
+      addBos: vocabulary.addBos,
+      maxStepTokens: options.maxStepTokens ?? 512,
+      capabilities: { promptCache: options.promptCache ?? true },
+    };
     for (let id = 0; id < vocabulary.size; id++) {
       const bytes = vocabulary.bytesOf(id);
       if (bytes.length === 1 && !vocabulary.isSpecial(id) && !this.#byteToken.has(bytes[0]!)) {
@@ -130,11 +142,21 @@ export class ScriptedEngine implements Engine {
     return script[cursor] ?? this.info.vocabulary.eos ?? 0;
   }
 
-  async resetSlot(slot: number): Promise<void> {
+  /** Every token fed to the slot since it was last trimmed: the scripted KV cache. */
+  cachedTokens(slot: number): readonly number[] {
+    return this.info.capabilities.promptCache ? this.#fed[slot]! : [];
+  }
+
+  async releaseSlot(slot: number): Promise<void> {
     await this.#options.onResetSlot?.(slot);
-    this.#fed[slot] = [];
     this.#scripts[slot] = undefined;
     this.#cursor[slot] = 0;
+  }
+
+  async trimSlot(slot: number, keep: number): Promise<number> {
+    const fed = this.#fed[slot]!;
+    fed.length = this.info.capabilities.promptCache ? Math.min(keep, fed.length) : 0;
+    return fed.length;
   }
 
   async close(): Promise<void> {

@@ -30,6 +30,8 @@ export interface RequestRecord {
   reason: FinishReason;
   promptTokens: number;
   completionTokens: number;
+  /** Prompt tokens reused from the slot's prompt cache. */
+  cachedTokens: number;
   timings: Timings;
   cancel?: CancelRecord;
 }
@@ -41,6 +43,10 @@ export class RequestState {
   prefilled = 0;
   generated = 0;
   lastToken = -1;
+  /** When the last token was sampled: the inter-token gap is measured from it. */
+  lastTokenAt = 0;
+  /** Prompt tokens reused from the slot's cache (set at admission). */
+  cachedTokens = 0;
   latched: Latch | undefined;
   readonly submittedAt = performance.now();
   admittedAt = 0;
@@ -89,6 +95,7 @@ export class RequestState {
       reason: this.latched?.reason ?? "error",
       promptTokens: this.request.promptTokens.length,
       completionTokens: this.generated,
+      cachedTokens: this.cachedTokens,
       timings: this.timings(),
       ...(this.cancel ? { cancel: this.cancel } : {}),
     };

@@ -5,6 +5,7 @@ import { LlamaEngine, type LlamaEngineOptions } from "../engine/LlamaEngine.ts";
 import { SluiceError, toChunkError } from "../errors.ts";
 import type { ChunkError, GenerationRequest, Timings } from "../types.ts";
 import { PrefillSizer } from "./PrefillSizer.ts";
+import { pickSlot, type SlotCandidate } from "./pickSlot.ts";
 import { type PlannedItem, planStep, type StepBudget } from "./planStep.ts";
 import { promptTail } from "./promptTail.ts";
 import { type Latch, type RequestRecord, RequestState } from "./RequestState.ts";
@@ -49,6 +50,11 @@ export class Runtime {
   readonly #maxQueue: number;
   readonly #defaultMaxTokens: number;
   readonly #addBos: boolean;
+  /** Whether slots keep their prompt cache between requests (option and engine both allow it). */
+  readonly #promptCache: boolean;
+  /** Per slot, the release counter when it was last given back (least recently used goes first). */
+  readonly #lastUsed: number[];
+  #releases = 0;
   /** Slot index → the request in it (finished ones stay until the loop frees the slot). */
   readonly #slots: (RequestState | undefined)[];
   /** FIFO of queued requests; cancelled ones are skipped at admission. */
@@ -78,10 +84,7 @@ export class Runtime {
   private constructor(engine: Engine, options: RuntimeOptions) {
     this.engine = engine;
     this.#slots = new Array(engine.info.slots).fill(undefined);
-    const maxStepTokens = Math.max(
-      engine.info.slots + 1,
-      (engine as { batchSize?: number }).batchSize ?? 512,
-    );
+    const maxStepTokens = Math.max(engine.info.slots + 1, engine.info.maxStepTokens);
     const fixed =
       typeof options.prefillChunkSize === "number" ? Math.max(1, Math.floor(options.prefillChunkSize)) : 0;
     this.#budget = { prefillChunk: fixed, prefillBudget: fixed > 0 ? maxStepTokens : 0, maxStepTokens };
@@ -97,7 +100,9 @@ export class Runtime {
           });
     this.#maxQueue = options.maxQueue ?? 256;
     this.#defaultMaxTokens = options.defaultMaxTokens ?? 256;
-    this.#addBos = (engine as { addBos?: boolean }).addBos ?? engine.info.vocabulary.addBos;
+    this.#addBos = engine.info.addBos;
+    this.#promptCache = (options.promptCache ?? true) && engine.info.capabilities.promptCache;
+    this.#lastUsed = new Array(engine.info.slots).fill(0);
     this.stats = new RuntimeStats(engine.info.slots);
     this.#loop = this.#run();
   }
@@ -217,7 +222,11 @@ export class Runtime {
       reason,
       ...(stop !== undefined ? { stop } : {}),
       ...(error !== undefined ? { error } : {}),
-      usage: { promptTokens: state.request.promptTokens.length, completionTokens: state.generated },
+      usage: {
+        promptTokens: state.request.promptTokens.length,
+        completionTokens: state.generated,
+        cachedTokens: state.cachedTokens,
+      },
       timings,
     });
     this.#live.delete(state.id);
@@ -259,7 +268,7 @@ export class Runtime {
         this.#pending = false;
         await this.#freeFinishedSlots();
         if (this.#closing && this.#live.size === 0) return;
-        this.#admit();
+        await this.#admit();
         const running = this.#slots.filter(
           (s): s is RequestState => s !== undefined && s.phase !== "finished",
         );
@@ -327,7 +336,8 @@ export class Runtime {
         state.phase = "decode";
         state.firstTokenAt = now;
         this.stats.firstToken(now - state.submittedAt);
-      }
+      } else this.stats.interTokenSeconds.observe((now - state.lastTokenAt) / 1000);
+      state.lastTokenAt = now;
       if (outcome.token === undefined) {
         this.#finish(state, {
           reason: "error",
@@ -357,16 +367,51 @@ export class Runtime {
     if (delta) state.producer.push(delta.tokenIds, delta.text);
   }
 
-  #admit(): void {
-    for (let slot = 0; slot < this.#slots.length && this.#queued > 0; slot++) {
-      if (this.#slots[slot] !== undefined) continue;
+  /**
+   * Queued requests into free slots, in queue order. Each takes the slot whose prompt cache serves it best
+   * (`pickSlot`); the slot is trimmed to the reused prefix before the request's first step. A request never
+   * waits for a busy slot with a better cache: it takes the best free one now.
+   */
+  async #admit(): Promise<void> {
+    let free: SlotCandidate[] | undefined;
+    const trims: Promise<void>[] = [];
+    while (this.#queued > 0) {
+      free ??= this.#freeSlots();
+      if (free.length === 0) break;
       const state = this.#dequeue();
-      if (!state) return;
+      if (!state) break;
+      const useCache = this.#promptCache && state.request.cachePrompt;
+      const { slot, reuse } = pickSlot(free, state.request.promptTokens, useCache);
+      free = free.filter((c) => c.slot !== slot);
       state.phase = "prefill";
       state.slot = slot;
       state.admittedAt = performance.now();
       this.#queued--;
       this.#slots[slot] = state;
+      trims.push(this.#trim(state, reuse, useCache));
+    }
+    if (trims.length > 0) await Promise.all(trims);
+  }
+
+  #freeSlots(): SlotCandidate[] {
+    const free: SlotCandidate[] = [];
+    for (let slot = 0; slot < this.#slots.length; slot++) {
+      if (this.#slots[slot] !== undefined) continue;
+      const cached = this.#promptCache ? this.engine.cachedTokens(slot) : [];
+      free.push({ slot, cached, lastUsed: this.#lastUsed[slot]! });
+    }
+    return free;
+  }
+
+  /** Keep the reused prefix of the slot's cache; the request reads its prompt from there. */
+  async #trim(state: RequestState, reuse: number, lookedUp: boolean): Promise<void> {
+    try {
+      const kept = await this.engine.trimSlot(state.slot, reuse);
+      // Never more than asked: an engine that keeps more than the prompt's prefix would desynchronise it.
+      state.prefilled = state.cachedTokens = Math.min(kept, reuse);
+      this.stats.admitted(state.cachedTokens, lookedUp);
+    } catch (error) {
+      this.#finish(state, { reason: "error", error: toChunkError(error, "engine_error") });
     }
   }
 
@@ -402,18 +447,22 @@ export class Runtime {
     for (let slot = 0; slot < this.#slots.length; slot++) {
       const state = this.#slots[slot];
       if (state === undefined || state.phase !== "finished") continue;
-      resets.push(this.#resetSlot(slot, state));
+      resets.push(this.#releaseSlot(slot, state));
     }
     if (resets.length > 0) await Promise.all(resets);
   }
 
-  async #resetSlot(slot: number, state: RequestState): Promise<void> {
+  async #releaseSlot(slot: number, state: RequestState): Promise<void> {
     try {
-      await this.engine.resetSlot(slot);
+      await this.engine.releaseSlot(slot);
+      // After an error the cache may hold a step that half happened: the next request starts from empty.
+      // A cancel leaves it exact (the loop never cuts a step short), so it stays reusable.
+      if (state.latched?.reason === "error") await this.engine.trimSlot(slot, 0);
     } catch {
-      // A slot that cannot be reset is still handed out: the next request on it fails with an engine error
-      // rather than the runtime shrinking silently.
+      // A slot that cannot be released is still handed out: the next request on it fails with an engine
+      // error rather than the runtime shrinking silently.
     }
+    this.#lastUsed[slot] = ++this.#releases;
     this.#slots[slot] = undefined;
     this.#noteFreed(state);
   }
@@ -492,6 +541,7 @@ export class Runtime {
 
 /** The options of `Runtime.create` that are `LlamaEngine.create`'s. */
 function modelOptions(options: RuntimeOptions): LlamaEngineOptions {
-  const { engine, prefillChunkSize, targetStepMs, maxQueue, defaultMaxTokens, ...model } = options;
+  const { engine, prefillChunkSize, targetStepMs, maxQueue, defaultMaxTokens, promptCache, ...model } =
+    options;
   return model;
 }

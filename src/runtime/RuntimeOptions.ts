@@ -29,13 +29,19 @@ export interface RuntimeOptions extends Omit<LlamaEngineOptions, "signal"> {
    * and does not count. Beyond it generate() throws `queue_full`. Defaults to 256; 0 admits only what fits.
    */
   maxQueue?: number;
+  /**
+   * Keep each slot's KV cache after its request and give a new request the free slot whose cache shares the
+   * longest prefix with its prompt, so it reads only the rest (requests opt out with `cachePrompt: false`).
+   * Defaults to true; ignored when the engine has no prompt cache (`capabilities.promptCache`).
+   */
+  promptCache?: boolean;
   /** maxTokens when a request has none, an integer >= 1. Defaults to 256 (capped by the room left in the context). */
   defaultMaxTokens?: number;
   /** Aborts model loading. */
   signal?: AbortSignal;
 }
 
-const ENGINE_METHODS = ["tokenize", "step", "resetSlot", "close"] as const;
+const ENGINE_METHODS = ["tokenize", "step", "cachedTokens", "releaseSlot", "trimSlot", "close"] as const;
 
 function isEngine(value: unknown): value is Engine {
   if (value === null || typeof value !== "object") return false;
@@ -48,6 +54,9 @@ function isEngine(value: unknown): value is Engine {
     (info.slots as number) >= 1 &&
     Number.isInteger(info.contextSize) &&
     (info.contextSize as number) >= 2 &&
+    Number.isInteger(info.maxStepTokens) &&
+    typeof info.addBos === "boolean" &&
+    typeof info.capabilities === "object" &&
     typeof info.vocabulary === "object"
   );
 }
@@ -66,6 +75,7 @@ const runtimeOptionsSchema = llamaEngineOptionsSchema.extend({
   targetStepMs: positiveNumber(60_000, "ms").optional(),
   maxQueue: integer(0, 1 << 24).optional(),
   defaultMaxTokens: integer(1, 1 << 24).optional(),
+  promptCache: z.boolean({ error: "must be true or false" }).optional(),
 });
 
 /** The options that load a model: they belong to a given engine and are refused beside it. */

@@ -12,10 +12,16 @@ export class RuntimeStats {
   tokensGenerated = 0;
   promptTokensProcessed = 0;
   steps = 0;
+  /** Requests admitted with the prompt cache on, those that reused a cached prefix, and the tokens reused. */
+  promptCacheLookups = 0;
+  promptCacheHits = 0;
+  promptTokensCached = 0;
   /** Tokens computed for requests after they were cancelled (beyond the step in flight). Must stay 0. */
   tokensAfterCancel = 0;
   readonly stepSeconds = new Histogram(SECONDS);
   readonly timeToFirstTokenSeconds = new Histogram(SECONDS);
+  /** Time between two tokens of one request: from the step that sampled one to the step that sampled the next. */
+  readonly interTokenSeconds = new Histogram(SECONDS);
   readonly cancelSeconds = new Histogram(SECONDS);
   readonly cancelSteps = new Histogram([0, 1, 2, 3, 5, 10]);
 
@@ -30,6 +36,13 @@ export class RuntimeStats {
   finished(reason: FinishReason, completionTokens: number): void {
     this.finishedBy[reason]++;
     this.tokensGenerated += completionTokens;
+  }
+
+  admitted(cachedTokens: number, lookedUp: boolean): void {
+    if (!lookedUp) return;
+    this.promptCacheLookups++;
+    if (cachedTokens > 0) this.promptCacheHits++;
+    this.promptTokensCached += cachedTokens;
   }
 
   firstToken(ms: number): void {

@@ -15,6 +15,7 @@ export interface NormalizedRequest {
   skipSpecialTokens: boolean;
   ignoreEos: boolean;
   rejectOnError: boolean;
+  cachePrompt: boolean;
   signal: AbortSignal | undefined;
 }
 
@@ -40,6 +41,7 @@ const KNOWN_KEYS = new Set<string>([
   "signal",
   "id",
   "rejectOnError",
+  "cachePrompt",
   "temperature",
   "topK",
   "topP",
@@ -184,6 +186,7 @@ export function validateStreamingSubmission(
     skipSpecialTokens: optionalBoolean(request, "skipSpecialTokens", true),
     ignoreEos: optionalBoolean(request, "ignoreEos", false),
     rejectOnError: optionalBoolean(request, "rejectOnError", false),
+    cachePrompt: optionalBoolean(request, "cachePrompt", true),
     signal: request.signal,
   };
 }

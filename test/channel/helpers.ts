@@ -5,7 +5,7 @@ import type { FinishReason, StreamChunk } from "../../src/types.ts";
 export function info(reason: FinishReason, extra: Partial<TerminalInfo> = {}): TerminalInfo {
   return {
     reason,
-    usage: { promptTokens: 3, completionTokens: 5 },
+    usage: { promptTokens: 3, completionTokens: 5, cachedTokens: 0 },
     timings: { queuedMs: 1, prefillMs: 2, decodeMs: 3, firstTokenMs: 4, tokensPerSecond: 5 },
     ...extra,
   };
