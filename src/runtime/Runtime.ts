@@ -1,7 +1,8 @@
 import { createStreamChannel, type StreamChannel } from "../channel/index.ts";
 import { OutputProcessor } from "../detok/index.ts";
+import { createEngine } from "../engine/createEngine.ts";
 import type { Engine, StepItem } from "../engine/Engine.ts";
-import { LlamaEngine, type LlamaEngineOptions } from "../engine/LlamaEngine.ts";
+import type { LlamaEngineOptions } from "../engine/LlamaEngine.ts";
 import { SluiceError, toChunkError } from "../errors.ts";
 import type { ChunkError, GenerationRequest, Timings } from "../types.ts";
 import { PrefillSizer } from "./PrefillSizer.ts";
@@ -61,6 +62,11 @@ export class Runtime {
   #queue: RequestState[] = [];
   #queueHead = 0;
   #queued = 0;
+  /** Requests whose end record is not out yet (until their slot is free), by id: the per-request promise. */
+  readonly #ending = new Map<
+    string,
+    { promise: Promise<RequestRecord>; resolve: (r: RequestRecord) => void }
+  >();
   /** Every request not yet finished: the finalizer closes all of them on any failure of the loop. */
   readonly #live = new Map<string, RequestState>();
   readonly #listeners = new Set<(event: RuntimeEvent) => void>();
@@ -109,17 +115,26 @@ export class Runtime {
 
   /**
    * Loads the model (or takes the given engine) and starts the step loop. Throws `invalid_option` for a bad
-   * option before anything is loaded, and what `LlamaEngine.create` throws.
+   * option before anything is loaded, and what `createEngine` throws.
    */
   static async create(options: RuntimeOptions = {}): Promise<Runtime> {
     const parsed = parseRuntimeOptions(options);
-    const engine = parsed.engine ?? (await LlamaEngine.create(modelOptions(parsed)));
+    const engine = parsed.engine ?? (await createEngine(modelOptions(parsed)));
     return new Runtime(engine, parsed);
   }
 
   /** Steps the engine has completed since start. */
   get steps(): number {
     return this.#stepsCompleted;
+  }
+
+  /**
+   * The end record of a live request (`generate()` returned its channel and its slot is not yet free): resolves
+   * once the request has fully let go of its slot, which for a cancel is at most one step after its terminal
+   * chunk, with the measured cancel latency. Undefined for an id that is not live (or already fully ended).
+   */
+  endRecord(id: string): Promise<RequestRecord> | undefined {
+    return this.#ending.get(id)?.promise;
   }
 
   /** Subscribe to step and request-end events; returns the unsubscribe function. */
@@ -140,7 +155,8 @@ export class Runtime {
       addBos: this.#addBos,
       defaultMaxTokens: this.#defaultMaxTokens,
     });
-    if (this.#live.has(normalized.id)) {
+    // Until its end record is out (its slot free), an id still names its request.
+    if (this.#ending.has(normalized.id)) {
       throw new SluiceError(
         "channel_reused",
         `A request with id ${normalized.id} is still running; ids must be unique.`,
@@ -180,6 +196,9 @@ export class Runtime {
     state = new RequestState(request, producer, processor);
     // Armed before the request can be seen by the loop: from here on, any failure finishes it.
     this.#live.set(request.id, state);
+    let resolve!: (record: RequestRecord) => void;
+    const promise = new Promise<RequestRecord>((r) => (resolve = r));
+    this.#ending.set(request.id, { promise, resolve });
     this.stats.submitted++;
     this.#queue.push(state);
     this.#queued++;
@@ -248,7 +267,11 @@ export class Runtime {
       };
       this.stats.cancelled(state.cancel);
     }
-    this.#emit({ type: "end", record: state.record() });
+    const record = state.record();
+    const ending = this.#ending.get(state.id);
+    this.#ending.delete(state.id);
+    ending?.resolve(record);
+    this.#emit({ type: "end", record });
   }
 
   #emit(event: RuntimeEvent): void {

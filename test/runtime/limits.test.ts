@@ -213,3 +213,26 @@ describe("a text prompt too long for the context is refused by its size before i
     await runtime.close();
   });
 });
+
+describe("a per-request promise of the end record", () => {
+  test("resolves once the slot is free, for a natural finish, a cancel and a queued cancel", async () => {
+    const { runtime } = await scriptedRuntime({ slots: 1 });
+    const done = runtime.generate({ prompt: "ab", maxTokens: 3, ignoreEos: true, id: "done" });
+    const cut = runtime.generate({ prompt: "ab", maxTokens: 300, ignoreEos: true, id: "cut" });
+    const queued = runtime.generate({ prompt: "ab", maxTokens: 3, id: "queued" });
+    assert.equal(runtime.endRecord("nope"), undefined);
+    const records = ["done", "cut", "queued"].map((id) => runtime.endRecord(id)!);
+    queued.cancel();
+    assert.equal((await records[2]!).reason, "cancelled");
+    assert.equal((await records[0]!).reason, "length");
+    await cut.waitPop();
+    cut.cancel();
+    const record = await records[1]!;
+    assert.equal(record.reason, "cancelled");
+    assert.ok(record.cancel!.stepsToFree <= 1);
+    assert.equal(runtime.snapshot().slots[0]!.state, "free");
+    assert.equal(runtime.endRecord("cut"), undefined, "a fully ended request has no pending record");
+    assert.equal((await done.result).reason, "length");
+    await runtime.close();
+  });
+});
