@@ -1,4 +1,5 @@
 import type { Vocabulary } from "../detok/Vocabulary.ts";
+import type { ChatTemplate } from "./ChatTemplate.ts";
 
 /** Per-request sampler settings, fixed for the life of a generation. */
 export interface SamplerConfig {
@@ -76,5 +77,10 @@ export interface Engine {
    * kept (fewer, down to 0, when the engine cannot cut there). `trimSlot(slot, 0)` empties the slot.
    */
   trimSlot(slot: number, keep: number): Promise<number>;
+  /**
+   * The model's chat template (or `override`, a Jinja template in its place), or undefined when the engine has
+   * none that runs: callers then fall back to a format of their own.
+   */
+  chatTemplate(override?: string): ChatTemplate | undefined;
   close(): Promise<void>;
 }

@@ -13,6 +13,7 @@ import { z } from "zod";
 import { Vocabulary } from "../detok/Vocabulary.ts";
 import { SluiceError } from "../errors.ts";
 import { abortSignal, callback, integer, parseOptions } from "../parseOptions.ts";
+import { type ChatTemplate, llamaChatTemplate } from "./ChatTemplate.ts";
 import { checkGguf } from "./checkGguf.ts";
 import type { Engine, EngineInfo, SamplerConfig, StepItem, StepOutcome } from "./Engine.ts";
 import { BUNDLED_MODEL_PATH } from "./modelPath.ts";
@@ -159,9 +160,8 @@ export class LlamaEngine implements Engine {
     }
   }
 
-  /** The loaded node-llama-cpp model, for what needs it beyond steps (e.g. rendering chat templates). */
-  get llamaModel(): LlamaModel {
-    return this.#model;
+  chatTemplate(override?: string): ChatTemplate | undefined {
+    return llamaChatTemplate(this.#model, this.info.addBos, override);
   }
 
   tokenize(text: string, options: { special: boolean }): number[] {

@@ -159,6 +159,11 @@ export class ScriptedEngine implements Engine {
     return fed.length;
   }
 
+  /** No template: chats fall back to the caller's own format (ChatML with the bundled vocabulary). */
+  chatTemplate(): undefined {
+    return undefined;
+  }
+
   async close(): Promise<void> {
     this.#closed = true;
   }

@@ -41,7 +41,15 @@ export interface RuntimeOptions extends Omit<LlamaEngineOptions, "signal"> {
   signal?: AbortSignal;
 }
 
-const ENGINE_METHODS = ["tokenize", "step", "cachedTokens", "releaseSlot", "trimSlot", "close"] as const;
+const ENGINE_METHODS = [
+  "tokenize",
+  "step",
+  "cachedTokens",
+  "releaseSlot",
+  "trimSlot",
+  "chatTemplate",
+  "close",
+] as const;
 
 function isEngine(value: unknown): value is Engine {
   if (value === null || typeof value !== "object") return false;

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
+import { BUNDLED_CHAT_MODEL_PATH } from "../../src/engine/modelPath.ts";
 import { Runtime } from "../../src/runtime/Runtime.ts";
 import { drain } from "../helpers/scripted.ts";
 
@@ -78,4 +79,49 @@ describe("prompt cache on node-llama-cpp with the bundled model", () => {
     const bos = cached.engine.info.vocabulary.bos!;
     return [bos, ...cached.engine.tokenize(text, { special: false })];
   }
+});
+
+describe("prompt cache through the real chat template (the bundled chat model)", () => {
+  test("each turn's rendered prompt extends the last; the next turn reuses the last prompt and its answer", async () => {
+    const runtime = await Runtime.create({
+      model: BUNDLED_CHAT_MODEL_PATH,
+      slots: 1,
+      contextSize: 1024,
+      threads: 1,
+    });
+    try {
+      const template = runtime.engine.chatTemplate();
+      assert.ok(template, "the chat model's GGUF carries a template that runs");
+      const turns: { role: "system" | "user" | "assistant"; content: string }[] = [
+        { role: "system", content: "Thou art a helpful assistant." },
+      ];
+      let previous: number[] = [];
+      for (const question of ["Who made the heaven?", "And the earth?", "What was on the first day?"]) {
+        turns.push({ role: "user", content: question });
+        const rendered = template.render(turns);
+        assert.deepEqual(
+          rendered.tokens.slice(0, previous.length),
+          previous,
+          "a turn's prompt extends the last",
+        );
+        const result = await runtime.generate({
+          prompt: rendered.tokens,
+          stopTokenIds: rendered.stopTokenIds,
+          stop: rendered.stop,
+          maxTokens: 24,
+        }).result;
+        if (previous.length > 0) {
+          // At least the whole previous prompt comes from the cache.
+          assert.ok(
+            result.usage.cachedTokens >= previous.length,
+            `${result.usage.cachedTokens} < ${previous.length}`,
+          );
+        }
+        turns.push({ role: "assistant", content: result.text });
+        previous = rendered.tokens;
+      }
+    } finally {
+      await runtime.close();
+    }
+  });
 });
