@@ -1,7 +1,7 @@
 import { parseArgs } from "node:util";
 import { SluiceError } from "../errors.ts";
 import { Runtime } from "../runtime/Runtime.ts";
-import { createServer } from "../server/index.ts";
+import { checkServerOptions, createServer, type ServerOptions } from "../server/index.ts";
 
 export const SERVE_HELP = `Usage: sluice serve [options]
 
@@ -17,9 +17,20 @@ Options:
   --prefill-chunk <n>     fixed prompt tokens a slot reads per step (default: sized by step time)
   --target-step-ms <ms>   step time automatic prefill chunks aim for (default max(50, 3 decode steps))
   --max-queue <n>         most requests waiting for a slot; beyond it 429 (default 256)
-  --api-key <key>         require "Authorization: Bearer <key>" (default: env SLUICE_API_KEY, else none)
+  --api-key <key>         require "Authorization: Bearer <key>"; repeat for one key per client (a request
+                          belongs to its key) (default: env SLUICE_API_KEY, else none)
+  --admin-api-key <key>   a key that also sees every request id in /v1/slots and may cancel any request
+                          (default: env SLUICE_ADMIN_API_KEY, else none)
+  --allowed-origin <url>  a web origin whose pages may call the API from a browser, besides the server's
+                          own; repeatable; "*" allows all (default: none)
+  --allowed-host <name>   a Host name to answer besides localhost and IP addresses (DNS rebinding check);
+                          ".example.com" allows subdomains; repeatable; "*" turns the check off (default: none)
   --max-body <bytes>      largest request body (default 1048576)
   --request-timeout <ms>  cancel generations running longer than this (default: none)
+  --headers-timeout <ms>  most time to send a request's headers; then 408 (default 10000)
+  --body-timeout <ms>     most time to send a whole request, headers and body; then 408 (default 30000)
+  --idle-timeout <ms>     close a kept-alive connection idle this long (default 5000)
+  --max-connections <n>   most open connections; more get 503 (default 1024)
   -h, --help              this help
 `;
 
@@ -30,6 +41,36 @@ function integer(value: string | undefined, flag: string, min: number): number |
     throw new SluiceError("invalid_request", `${flag} expects an integer >= ${min}; got "${value}".`);
   }
   return parsed;
+}
+
+/** Each server option's flag, so that a refused value is reported under the name the user typed. */
+const SERVER_FLAGS: Record<string, string> = {
+  apiKey: "--api-key",
+  adminApiKey: "--admin-api-key",
+  allowedOrigins: "--allowed-origin",
+  allowedHosts: "--allowed-host",
+  maxBodyBytes: "--max-body",
+  requestTimeoutMs: "--request-timeout",
+  headersTimeoutMs: "--headers-timeout",
+  bodyTimeoutMs: "--body-timeout",
+  idleTimeoutMs: "--idle-timeout",
+  maxConnections: "--max-connections",
+};
+
+/** Checks the server's options before the model loads, naming the flag at fault. */
+function checkFlags(options: ServerOptions): ServerOptions {
+  try {
+    return checkServerOptions(options);
+  } catch (error) {
+    // The param of a list's entry is its path (allowedOrigins.1): the flag is the list's.
+    const flag =
+      error instanceof SluiceError && error.param !== undefined
+        ? SERVER_FLAGS[error.param.split(".")[0]!]
+        : undefined;
+    if (flag === undefined) throw error;
+    const message = (error as SluiceError).message.replace(/^createServer: \S+/, flag);
+    throw new SluiceError("invalid_option", message, { param: (error as SluiceError).param!, cause: error });
+  }
 }
 
 function defined<T extends object>(values: T): { [K in keyof T]: Exclude<T[K], undefined> } {
@@ -49,9 +90,16 @@ export async function serveCommand(argv: string[]): Promise<number> {
       "prefill-chunk": { type: "string" },
       "target-step-ms": { type: "string" },
       "max-queue": { type: "string" },
-      "api-key": { type: "string" },
+      "api-key": { type: "string", multiple: true },
+      "admin-api-key": { type: "string" },
+      "allowed-origin": { type: "string", multiple: true },
+      "allowed-host": { type: "string", multiple: true },
       "max-body": { type: "string" },
       "request-timeout": { type: "string" },
+      "headers-timeout": { type: "string" },
+      "body-timeout": { type: "string" },
+      "idle-timeout": { type: "string" },
+      "max-connections": { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -62,11 +110,20 @@ export async function serveCommand(argv: string[]): Promise<number> {
   const host = values.host ?? "127.0.0.1";
   const port = integer(values.port, "--port", 0) ?? 8080;
   const apiKey = values["api-key"] ?? (process.env.SLUICE_API_KEY || undefined);
-  const serverOptions = defined({
-    apiKey,
-    maxBodyBytes: integer(values["max-body"], "--max-body", 1),
-    requestTimeoutMs: integer(values["request-timeout"], "--request-timeout", 1),
-  });
+  const serverOptions = checkFlags(
+    defined({
+      apiKey,
+      adminApiKey: values["admin-api-key"] ?? (process.env.SLUICE_ADMIN_API_KEY || undefined),
+      allowedOrigins: values["allowed-origin"],
+      allowedHosts: values["allowed-host"],
+      maxBodyBytes: integer(values["max-body"], "--max-body", 1),
+      requestTimeoutMs: integer(values["request-timeout"], "--request-timeout", 1),
+      headersTimeoutMs: integer(values["headers-timeout"], "--headers-timeout", 1),
+      bodyTimeoutMs: integer(values["body-timeout"], "--body-timeout", 1),
+      idleTimeoutMs: integer(values["idle-timeout"], "--idle-timeout", 1),
+      maxConnections: integer(values["max-connections"], "--max-connections", 1),
+    }),
+  );
 
   let lastShown = -1;
   const runtime = await Runtime.create(

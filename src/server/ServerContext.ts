@@ -1,5 +1,6 @@
 import type { StreamChannel } from "../channel/index.ts";
 import type { Runtime } from "../runtime/Runtime.ts";
+import type { Caller } from "./auth.ts";
 import type { ChatFormatter } from "./chat.ts";
 import type { EndRecords } from "./EndRecords.ts";
 import type { ServerMetrics } from "./metrics.ts";
@@ -11,8 +12,11 @@ export interface ServerContext {
   readonly options: ResolvedServerOptions;
   readonly metrics: ServerMetrics;
   readonly ends: EndRecords;
-  /** Generations being served, by request id: shutdown ends each with a terminal chunk. */
-  readonly generations: Map<string, StreamChannel>;
+  /**
+   * Generations being served, by request id, with the key that created each (who may cancel it and see
+   * its id): shutdown ends each with a terminal chunk.
+   */
+  readonly generations: Map<string, { channel: StreamChannel; owner: Caller["key"] }>;
   /** Created on first use: rendering chats may need the model's template. */
   chat(): ChatFormatter;
   /** True once close() began: new generations get 503. */

@@ -1,25 +1,76 @@
 import { fileURLToPath } from "node:url";
+import { z } from "zod";
+import { parseOptions } from "../parseOptions.ts";
 import type { Runtime } from "../runtime/Runtime.ts";
 
+/**
+ * Options of `createServer`. Every one is checked when the server is created: a wrong type, NaN, a number
+ * out of range, an empty string or an unknown key throws `SluiceError` `invalid_option` (param: the
+ * option's name, or a list entry's path such as `allowedOrigins.1`) with a message that says what to change.
+ */
 export interface ServerOptions {
   /**
    * Required as `Authorization: Bearer <key>` on every route except `/health` and the playground's static
-   * files. Defaults to none: the API is open (it binds 127.0.0.1 by default).
+   * files: one key, or one per client. A request belongs to the key that created it: only that key (or
+   * `adminApiKey`) can cancel it or see its id in `/v1/slots`. Printable ASCII without spaces. Defaults to
+   * none: the API is open (it binds 127.0.0.1 by default).
    */
-  apiKey?: string;
-  /** Largest request body accepted; a larger one gets 413. Defaults to 1 MiB. */
+  apiKey?: string | readonly string[];
+  /**
+   * A key that may do everything an `apiKey` may, and also see every request id in `/v1/slots` and cancel
+   * any request. Must differ from every `apiKey`. Defaults to none: nobody sees other clients' ids.
+   */
+  adminApiKey?: string;
+  /** Largest request body accepted, in bytes; a larger one gets 413. Defaults to 1 MiB. */
   maxBodyBytes?: number;
   /**
-   * Server deadline per generation: when it passes, the request is cancelled and ends with
+   * Server deadline per generation, in ms: when it passes, the request is cancelled and ends with
    * `finish_reason: "cancelled"`. Defaults to none.
    */
   requestTimeoutMs?: number;
   /**
-   * An SSE comment (`: keep-alive`) is sent whenever a stream has been silent this long, so clients and
-   * proxies do not time out while a long prompt is prefilled. Defaults to 1000.
+   * An SSE comment (`: keep-alive`) is sent whenever a stream has been silent this long (ms), so clients
+   * and proxies do not time out while a long prompt is prefilled. Defaults to 1000.
    */
   keepAliveMs?: number;
-  /** The model id served (`/v1/models`, the `model` field of requests and responses). Defaults to the engine's model name. */
+  /**
+   * Most time (ms) a client may take to send a request's headers, counted from its first byte (or from
+   * the connection's opening); past it the client gets 408 and the connection is closed. At most
+   * `bodyTimeoutMs`. Defaults to 10 000.
+   */
+  headersTimeoutMs?: number;
+  /**
+   * Most time (ms) a client may take to send a whole request, headers and body, counted from its first
+   * byte; past it the client gets 408 and the connection is closed. Also bounds how long the server keeps
+   * reading a body it has already refused. Defaults to 30 000.
+   */
+  bodyTimeoutMs?: number;
+  /** A kept-alive connection with no request in progress is closed after this many ms. Defaults to 5000. */
+  idleTimeoutMs?: number;
+  /**
+   * Most open connections. A connection beyond it gets one 503 (`too_many_connections`, `Retry-After`)
+   * and is closed; beyond twice this number new connections are closed before anything is read.
+   * Defaults to 1024.
+   */
+  maxConnections?: number;
+  /**
+   * Web origins (`https://app.example.com`, scheme, host and port only) whose pages may call this server
+   * from a browser, besides the server's own pages. A browser request from any other origin gets 403.
+   * `["*"]` allows every origin. Defaults to none: only the server's own pages (the playground).
+   */
+  allowedOrigins?: readonly string[];
+  /**
+   * Host names, besides `localhost` and IP literals, that requests may name in their `Host` header (any
+   * port); a leading dot (`.example.com`) allows the domain and its subdomains. Requests arriving on a
+   * loopback address are always checked (a foreign name there can only come from DNS rebinding); other
+   * connections only when this list is not empty. A refused host gets 403. `["*"]` turns the check off.
+   * Defaults to none.
+   */
+  allowedHosts?: readonly string[];
+  /**
+   * The model id served (`/v1/models`, the `model` field of requests and responses). Defaults to the
+   * engine's model name.
+   */
   modelName?: string;
   /** A Jinja chat template to use instead of the GGUF's `tokenizer.chat_template`. Defaults to the model's own. */
   chatTemplate?: string;
@@ -28,10 +79,20 @@ export interface ServerOptions {
 }
 
 export interface ResolvedServerOptions {
-  apiKey: string | undefined;
+  /** Empty: no key is required. */
+  apiKeys: readonly string[];
+  adminApiKey: string | undefined;
   maxBodyBytes: number;
   requestTimeoutMs: number | undefined;
   keepAliveMs: number;
+  headersTimeoutMs: number;
+  bodyTimeoutMs: number;
+  idleTimeoutMs: number;
+  maxConnections: number;
+  /** Normalized origins (`new URL(o).origin`), or `["*"]`. */
+  allowedOrigins: readonly string[];
+  /** Lower-cased names, or `["*"]`. */
+  allowedHosts: readonly string[];
   modelName: string;
   chatTemplate: string | undefined;
   webRoot: string;
@@ -39,27 +100,157 @@ export interface ResolvedServerOptions {
 
 const DEFAULT_WEB_ROOT = fileURLToPath(new URL("../../web/", import.meta.url));
 
-function positive(name: string, value: number | undefined, fallback: number | undefined): number | undefined {
-  if (value === undefined) return fallback;
-  if (!Number.isFinite(value) || value <= 0) {
-    throw new RangeError(
-      `${name} must be a positive number of ${name.endsWith("Ms") ? "ms" : "bytes"}; got ${value}.`,
-    );
-  }
-  return value;
+const DEFAULTS = {
+  maxBodyBytes: 1024 * 1024,
+  keepAliveMs: 1000,
+  headersTimeoutMs: 10_000,
+  bodyTimeoutMs: 30_000,
+  idleTimeoutMs: 5000,
+  maxConnections: 1024,
+} as const;
+
+/** Node's timers overflow past this (and then fire at once). */
+const MAX_TIMER_MS = 2_147_483_647;
+
+const milliseconds = z
+  .number({ error: "must be a number of milliseconds" })
+  .int({ error: "must be a whole number of milliseconds" })
+  .min(1, { error: "must be at least 1 ms" })
+  .max(MAX_TIMER_MS, { error: `must be at most ${MAX_TIMER_MS} ms (about 24 days)` });
+
+const count = (unit: string) =>
+  z
+    .number({ error: `must be a number of ${unit}` })
+    .int({ error: `must be a whole number of ${unit}` })
+    .min(1, { error: `must be at least 1` })
+    .max(Number.MAX_SAFE_INTEGER, { error: "is too large" });
+
+const text = z
+  .string({ error: "must be a string" })
+  .refine((s) => s.trim().length > 0, { error: "must not be empty; leave it out to use the default" });
+
+const key = z
+  .string({ error: "must be a string" })
+  .min(1, { error: "is empty; leave it out to serve without a key" })
+  .regex(/^[\x21-\x7e]+$/, {
+    error: "must be printable ASCII without spaces (it travels in an Authorization header)",
+  });
+
+const origin = z.string({ error: "must be a string" }).refine(isOrigin, {
+  error: 'must be an origin: scheme, host and port only, like "https://app.example.com" (or "*" for any)',
+});
+
+const hostName = z.string({ error: "must be a string" }).refine(isHostName, {
+  error: 'must be a host name without scheme or port, like "sluice.example.com" or ".example.com" (or "*")',
+});
+
+const schema = z
+  .strictObject(
+    {
+      // One key is a list of one.
+      apiKey: z
+        .preprocess(
+          (value) => (typeof value === "string" ? [value] : value),
+          z
+            .array(key, { error: "must be a key (a string) or an array of keys" })
+            .min(1, { error: "is an empty list; leave it out to serve without a key" })
+            .refine((keys) => new Set(keys).size === keys.length, { error: "lists a key twice" }),
+        )
+        .optional(),
+      adminApiKey: key.optional(),
+      maxBodyBytes: count("bytes").optional(),
+      requestTimeoutMs: milliseconds.optional(),
+      keepAliveMs: milliseconds.optional(),
+      headersTimeoutMs: milliseconds.optional(),
+      bodyTimeoutMs: milliseconds.optional(),
+      idleTimeoutMs: milliseconds.optional(),
+      maxConnections: count("connections").optional(),
+      allowedOrigins: z.array(origin, { error: "must be an array of origins" }).optional(),
+      allowedHosts: z.array(hostName, { error: "must be an array of host names" }).optional(),
+      modelName: text.optional(),
+      chatTemplate: text.optional(),
+      webRoot: text.optional(),
+    },
+    { error: "must be an object" },
+  )
+  .superRefine((options, context) => {
+    if (options.adminApiKey !== undefined && options.apiKey?.includes(options.adminApiKey)) {
+      context.addIssue({
+        code: "custom",
+        path: ["adminApiKey"],
+        message: "must differ from every apiKey, or every client with that key would be an admin",
+      });
+    }
+    const headers = options.headersTimeoutMs ?? DEFAULTS.headersTimeoutMs;
+    const body = options.bodyTimeoutMs ?? DEFAULTS.bodyTimeoutMs;
+    // The headers are part of the request: their time cannot be longer than the whole request's.
+    if (headers > body && options.headersTimeoutMs !== undefined) {
+      context.addIssue({
+        code: "custom",
+        path: ["headersTimeoutMs"],
+        message: `must be at most bodyTimeoutMs (${body} ms), the time for the whole request`,
+      });
+    } else if (headers > body) {
+      context.addIssue({
+        code: "custom",
+        path: ["bodyTimeoutMs"],
+        message: `must be at least headersTimeoutMs (${headers} ms by default); lower that too`,
+      });
+    }
+  });
+
+/**
+ * Checks every option (see `ServerOptions`) without a runtime, so that a command line can fail before it
+ * loads a model; one `apiKey` comes back as a list of one. Throws `SluiceError` `invalid_option`.
+ */
+export function checkServerOptions(options: unknown): ServerOptions {
+  return parseOptions(schema, options, "createServer");
 }
 
-export function resolveServerOptions(runtime: Runtime, options: ServerOptions): ResolvedServerOptions {
-  if (options.apiKey !== undefined && options.apiKey.length === 0) {
-    throw new RangeError("apiKey is empty; leave it out to serve without a key.");
-  }
+/** Checks every option (see `ServerOptions`) and applies the defaults. Throws `invalid_option`. */
+export function resolveServerOptions(runtime: Runtime, options: unknown): ResolvedServerOptions {
+  const o = parseOptions(schema, options, "createServer");
   return {
-    apiKey: options.apiKey,
-    maxBodyBytes: positive("maxBodyBytes", options.maxBodyBytes, 1024 * 1024)!,
-    requestTimeoutMs: positive("requestTimeoutMs", options.requestTimeoutMs, undefined),
-    keepAliveMs: positive("keepAliveMs", options.keepAliveMs, 1000)!,
-    modelName: options.modelName ?? runtime.engine.info.model,
-    chatTemplate: options.chatTemplate,
-    webRoot: options.webRoot ?? DEFAULT_WEB_ROOT,
+    apiKeys: o.apiKey ?? [],
+    adminApiKey: o.adminApiKey,
+    maxBodyBytes: o.maxBodyBytes ?? DEFAULTS.maxBodyBytes,
+    requestTimeoutMs: o.requestTimeoutMs,
+    keepAliveMs: o.keepAliveMs ?? DEFAULTS.keepAliveMs,
+    headersTimeoutMs: o.headersTimeoutMs ?? DEFAULTS.headersTimeoutMs,
+    bodyTimeoutMs: o.bodyTimeoutMs ?? DEFAULTS.bodyTimeoutMs,
+    idleTimeoutMs: o.idleTimeoutMs ?? DEFAULTS.idleTimeoutMs,
+    maxConnections: o.maxConnections ?? DEFAULTS.maxConnections,
+    allowedOrigins: o.allowedOrigins?.includes("*") ? ["*"] : (o.allowedOrigins ?? []).map(normalizeOrigin),
+    allowedHosts: o.allowedHosts?.includes("*") ? ["*"] : (o.allowedHosts ?? []).map((h) => h.toLowerCase()),
+    modelName: o.modelName ?? runtime.engine.info.model,
+    chatTemplate: o.chatTemplate,
+    webRoot: o.webRoot ?? DEFAULT_WEB_ROOT,
   };
+}
+
+function isOrigin(value: string): boolean {
+  if (value === "*") return true;
+  try {
+    const url = new URL(value);
+    // Nothing beyond the origin: a path, query or credentials would never match a browser's Origin.
+    return (
+      (url.protocol === "http:" || url.protocol === "https:") &&
+      url.pathname === "/" &&
+      !/[?#]/.test(value) &&
+      url.username === "" &&
+      url.password === ""
+    );
+  } catch {
+    return false;
+  }
+}
+
+function normalizeOrigin(value: string): string {
+  return new URL(value).origin;
+}
+
+function isHostName(value: string): boolean {
+  return (
+    value === "*" || /^\.?[a-z0-9_](?:[a-z0-9_-]{0,62})(?:\.[a-z0-9_](?:[a-z0-9_-]{0,62}))*\.?$/i.test(value)
+  );
 }

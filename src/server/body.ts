@@ -1,17 +1,14 @@
-import type { IncomingMessage } from "node:http";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import { badRequest, HttpError } from "./httpErrors.ts";
 
 /**
  * Reads and parses a JSON request body of at most `maxBytes`. Parsed as JSON whatever the Content-Type says
  * (`curl -d` sends form encoding by default). A body over the limit is refused as soon as it is known to be
- * too large, without buffering it.
+ * too large, without buffering it; the rest is left to `sendErrorUnread`.
  */
 export function readJsonBody(req: IncomingMessage, maxBytes: number): Promise<unknown> {
   const declared = Number(req.headers["content-length"]);
-  if (Number.isFinite(declared) && declared > maxBytes) {
-    discard(req);
-    return Promise.reject(tooLarge(maxBytes));
-  }
+  if (Number.isFinite(declared) && declared > maxBytes) return Promise.reject(tooLarge(maxBytes));
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
@@ -28,7 +25,7 @@ export function readJsonBody(req: IncomingMessage, maxBytes: number): Promise<un
         return;
       }
       cleanup();
-      discard(req);
+      req.pause();
       reject(tooLarge(maxBytes));
     };
     const onEnd = () => {
@@ -60,6 +57,63 @@ export class ClientGone extends Error {
   override readonly name = "ClientGone";
 }
 
+/** Whether part of the request's body has not arrived yet. */
+export function bodyPending(req: IncomingMessage): boolean {
+  if (req.complete) return false;
+  const length = req.headers["content-length"];
+  return req.headers["transfer-encoding"] !== undefined || (length !== undefined && length !== "0");
+}
+
+/**
+ * Sends `error` to a client whose body has not been read, and closes the connection only once the client
+ * has sent the rest of it (read and dropped, up to `maxDrainBytes`). Closing with unread bytes would make
+ * the kernel reset the connection, and a client still writing its body (fetch, for one) would lose the
+ * answer before reading it. How long this may take is bounded by `bodyTimeoutMs`.
+ */
+export function sendErrorUnread(
+  req: IncomingMessage,
+  res: ServerResponse,
+  error: HttpError,
+  maxDrainBytes: number,
+): Promise<void> {
+  const text = JSON.stringify(error.toJSON());
+  res.writeHead(error.status, {
+    "Content-Type": "application/json; charset=utf-8",
+    "Content-Length": Buffer.byteLength(text),
+    ...error.headers,
+    // The body is not read as a request: the connection cannot carry another one.
+    Connection: "close",
+  });
+  const declared = Number(req.headers["content-length"]);
+  if (declared > maxDrainBytes) {
+    // Too much to wait for: the client may see a reset, as it would from any server.
+    res.end(text);
+    return Promise.resolve();
+  }
+  // The answer goes out now, complete (Content-Length); only its end, which closes the connection, waits.
+  res.write(text);
+  return new Promise((resolve) => {
+    let drained = 0;
+    const done = () => {
+      req.off("data", onData);
+      req.off("end", done);
+      req.off("close", done);
+      req.off("error", done);
+      res.end();
+      resolve();
+    };
+    const onData = (chunk: Buffer) => {
+      drained += chunk.length;
+      if (drained > maxDrainBytes) done();
+    };
+    req.on("data", onData);
+    req.on("end", done);
+    req.on("close", done);
+    req.on("error", done);
+    req.resume();
+  });
+}
+
 function parse(text: string): unknown {
   if (text.trim().length === 0) {
     throw badRequest("invalid_json", "The request body is empty; send a JSON object.");
@@ -77,13 +131,5 @@ function tooLarge(maxBytes: number): HttpError {
     "invalid_request_error",
     "request_too_large",
     `The request body is larger than the limit of ${maxBytes} bytes; send a smaller prompt or raise --max-body.`,
-    null,
-    // The rest of the body is not read: the connection cannot be reused.
-    { Connection: "close" },
   );
-}
-
-/** Drain what the client still sends so it can read the error instead of failing on a reset connection. */
-function discard(req: IncomingMessage): void {
-  req.resume();
 }

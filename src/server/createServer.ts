@@ -6,12 +6,16 @@ import {
 } from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Runtime } from "../runtime/Runtime.ts";
-import { checkApiKey } from "./auth.ts";
-import { ClientGone } from "./body.ts";
+import { ANONYMOUS, ApiKeys } from "./auth.ts";
+import { bodyPending, ClientGone, sendErrorUnread } from "./body.ts";
 import { type ChatFormatter, createChatFormatter } from "./chat.ts";
+import { ConnectionGuard } from "./connections.ts";
 import { EndRecords } from "./EndRecords.ts";
-import { HttpError, sendError, toHttpError } from "./httpErrors.ts";
+import { checkHost } from "./host.ts";
+import { HttpError, sendError, toHttpError, tooManyConnections } from "./httpErrors.ts";
 import { ServerMetrics } from "./metrics.ts";
+import { checkOrigin } from "./origin.ts";
+import { parseRequestTarget } from "./requestTarget.ts";
 import { Router } from "./router.ts";
 import { chatCompletionsRoute, completionsRoute } from "./routes/generation.ts";
 import {
@@ -30,6 +34,9 @@ import { ServerCancel } from "./serveGeneration.ts";
 /** How long close() lets open streams deliver their terminal chunk before it cuts their connections. */
 const CLOSE_GRACE_MS = 2000;
 
+/** A refused body is read and dropped up to this size (or maxBodyBytes) so that the client sees the answer. */
+const DRAIN_BYTES = 16 * 1024 * 1024;
+
 export interface ListenAddress {
   port: number;
   host: string;
@@ -43,6 +50,8 @@ export class SluiceServer {
   readonly http: Server;
   readonly #context: ServerContext;
   readonly #router: Router;
+  readonly #keys: ApiKeys;
+  readonly #connections: ConnectionGuard;
   /** Every request being handled, so close() can wait for all of them. */
   readonly #inflight = new Set<Promise<void>>();
   #closing = false;
@@ -67,7 +76,37 @@ export class SluiceServer {
       },
     };
     this.#router = routes(this.#context);
-    this.http = createHttpServer({ noDelay: true }, (req, res) => this.#track(req, res));
+    this.#keys = new ApiKeys(resolved.apiKeys, resolved.adminApiKey);
+    this.http = createHttpServer(
+      {
+        noDelay: true,
+        // A missing Host is answered in OpenAI's shape by checkHost, not with node's empty 400.
+        requireHostHeader: false,
+        headersTimeout: resolved.headersTimeoutMs,
+        // Node's requestTimeout counts from the request's first byte to the end of its body.
+        requestTimeout: resolved.bodyTimeoutMs,
+        keepAliveTimeout: resolved.idleTimeoutMs,
+        // Node checks the two timeouts above on this interval: a tenth of the shorter one, within 10-1000 ms.
+        connectionsCheckingInterval: Math.min(1000, Math.max(10, Math.floor(resolved.headersTimeoutMs / 10))),
+      },
+      (req, res) => this.#track(req, res),
+    );
+    // Node answers an Expect it does not know with an empty 417 unless this is listened to.
+    this.http.on("checkExpectation", (req: IncomingMessage, res: ServerResponse) =>
+      this.#track(
+        req,
+        res,
+        new HttpError(
+          417,
+          "invalid_request_error",
+          "expectation_failed",
+          `Expect: ${req.headers.expect} is not supported; only Expect: 100-continue is.`,
+        ),
+      ),
+    );
+    this.#connections = new ConnectionGuard(this.http, resolved, (status) =>
+      this.#context.metrics.countHttp("unmatched", status),
+    );
   }
 
   get options(): Readonly<ResolvedServerOptions> {
@@ -102,7 +141,7 @@ export class SluiceServer {
     this.#closing = true;
     const stopped = new Promise<void>((resolve) => this.http.close(() => resolve()));
     if (!graceful) this.http.closeAllConnections();
-    for (const channel of this.#context.generations.values()) channel.cancel(ServerCancel.shutdown);
+    for (const { channel } of this.#context.generations.values()) channel.cancel(ServerCancel.shutdown);
     // A client that stopped reading would hold its stream open forever: past the grace period, cut it.
     const cut = setTimeout(() => this.http.closeAllConnections(), CLOSE_GRACE_MS);
     cut.unref();
@@ -114,22 +153,29 @@ export class SluiceServer {
     this.#context.ends.close();
   }
 
-  #track(req: IncomingMessage, res: ServerResponse): void {
+  /** Handles one request (or only refuses it with `refusal`), so that close() can wait for it. */
+  #track(req: IncomingMessage, res: ServerResponse, refusal?: HttpError): void {
+    this.#connections.track(req, res);
     // One request's failure, whatever it is, must not take the process (and everyone's streams) down.
-    const task = this.#handle(req, res).catch(() => {
+    const task = this.#handle(req, res, refusal).catch(() => {
       res.destroy();
     });
     this.#inflight.add(task);
     void task.finally(() => this.#inflight.delete(task));
   }
 
-  async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  async #handle(req: IncomingMessage, res: ServerResponse, refusal: HttpError | undefined): Promise<void> {
     let label = "unmatched";
     res.once("close", () => this.#context.metrics.countHttp(label, res.statusCode));
     // Keep-alive connections must not outlive a shutdown.
     if (this.#closing) res.setHeader("Connection", "close");
     try {
-      const url = new URL(req.url ?? "/", "http://localhost");
+      if (refusal !== undefined) throw refusal;
+      if (this.#connections.isExcess(req.socket)) throw tooManyConnections(this.options.maxConnections);
+      const target = parseRequestTarget(req.url);
+      const { allowedHosts, allowedOrigins } = this.#context.options;
+      checkOrigin(req, checkHost(req, target, allowedHosts), allowedOrigins);
+      const { url } = target;
       const match = this.#router.match(req.method ?? "GET", url.pathname);
       if (match.kind === "none") {
         throw new HttpError(404, "not_found_error", "not_found", `No route ${req.method} ${url.pathname}.`);
@@ -146,9 +192,8 @@ export class SluiceServer {
       }
       const { route, params } = match;
       label = route.pattern;
-      const { apiKey } = this.#context.options;
-      if (route.auth && apiKey !== undefined) checkApiKey(req, apiKey);
-      await route.handler({ req, res, url, params });
+      const caller = route.auth ? this.#keys.authenticate(req, true) : ANONYMOUS;
+      await route.handler({ req, res, url, params, caller });
     } catch (error) {
       if (error instanceof ClientGone) {
         res.destroy();
@@ -159,8 +204,17 @@ export class SluiceServer {
         res.destroy();
         return;
       }
-      sendError(res, toHttpError(error));
+      await this.#fail(req, res, toHttpError(error));
     }
+  }
+
+  /** Answers with `error`; a body still on its way is read (bounded) first, so the client sees the answer. */
+  #fail(req: IncomingMessage, res: ServerResponse, error: HttpError): Promise<void> {
+    if (!bodyPending(req)) {
+      sendError(res, error);
+      return Promise.resolve();
+    }
+    return sendErrorUnread(req, res, error, Math.max(DRAIN_BYTES, this.#context.options.maxBodyBytes));
   }
 }
 

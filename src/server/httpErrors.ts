@@ -1,4 +1,4 @@
-import type { ServerResponse } from "node:http";
+import { type ServerResponse, STATUS_CODES } from "node:http";
 import type { z } from "zod";
 import { SluiceError } from "../errors.ts";
 
@@ -31,6 +31,25 @@ export class HttpError extends Error {
 
 export const badRequest = (code: string, message: string, param: string | null = null) =>
   new HttpError(400, "invalid_request_error", code, message, param);
+
+/** Who is asking (origin, host) is not allowed to: 403, whatever the key. */
+export const forbidden = (code: string, message: string) =>
+  new HttpError(403, "invalid_request_error", code, message);
+
+/** The client did not send its request in time; the connection is closed after the answer. */
+export const requestTimeout = (message: string) =>
+  new HttpError(408, "invalid_request_error", "request_timeout", message);
+
+/** The connection is over the server's limit: it gets this one answer, then is closed. */
+export const tooManyConnections = (limit: number) =>
+  new HttpError(
+    503,
+    "server_error",
+    "too_many_connections",
+    `The server already holds its limit of ${limit} connections; retry shortly or reuse a connection.`,
+    null,
+    { "Retry-After": "1", Connection: "close" },
+  );
 
 /** SluiceError codes become HTTP statuses here and only here. */
 export function fromSluiceError(error: SluiceError): HttpError {
@@ -130,6 +149,26 @@ export function sendJson(
 
 export function sendError(res: ServerResponse, error: HttpError): void {
   sendJson(res, error.status, error.toJSON(), error.headers);
+}
+
+/**
+ * The whole HTTP/1.1 response for `error`, for the few answers written straight to a socket, where node
+ * has no response object (a request it could not parse, a request that timed out). Always the last
+ * response on its connection.
+ */
+export function rawResponse(error: HttpError): Buffer {
+  const body = JSON.stringify(error.toJSON());
+  const headers = {
+    "Content-Type": "application/json; charset=utf-8",
+    "Content-Length": String(Buffer.byteLength(body)),
+    ...error.headers,
+    Connection: "close",
+  };
+  const lines = Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`);
+  return Buffer.from(
+    `HTTP/1.1 ${error.status} ${STATUS_CODES[error.status] ?? ""}\r\n${lines.join("")}\r\n${body}`,
+    "utf8",
+  );
 }
 
 // The runtime names its options in camelCase; the wire names are OpenAI's.

@@ -1,3 +1,3 @@
 export { createServer, type ListenAddress, SluiceServer } from "./createServer.ts";
 export type { SluiceExtension } from "./openaiShapes.ts";
-export type { ServerOptions } from "./ServerOptions.ts";
+export { checkServerOptions, type ServerOptions } from "./ServerOptions.ts";

@@ -1,11 +1,15 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Caller } from "./auth.ts";
+import { decodeSegment } from "./requestTarget.ts";
 
 export interface RouteContext {
   req: IncomingMessage;
   res: ServerResponse;
   url: URL;
-  /** `:name` segments by name; a trailing `*` as `params["*"]` (still percent-encoded). */
+  /** `:name` segments by name, percent-decoded; a trailing `*` as `params["*"]` (still percent-encoded). */
   params: Record<string, string>;
+  /** Who is asking: the key that authenticated the request, if any, and whether it is the admin's. */
+  caller: Caller;
 }
 
 export type Handler = (context: RouteContext) => Promise<void> | void;
@@ -48,17 +52,30 @@ export class Router {
     return this;
   }
 
+  /**
+   * The route for `method` and `pathname` (still percent-encoded). HEAD is served by the GET route. Throws
+   * a 400 `invalid_url` when a `:param` segment of the matching route is not valid percent-encoding.
+   */
   match(method: string, pathname: string): RouteMatch {
     const parts = pathname.split("/").slice(1);
+    const wanted = method === "HEAD" ? "GET" : method;
     const allow: string[] = [];
     for (const route of this.#routes) {
       const params = matchPath(route, parts);
       if (params === undefined) continue;
-      if (route.method === method) return { kind: "route", route, params };
+      if (route.method === wanted) return { kind: "route", route, params: decodeParams(params) };
       allow.push(route.method);
+      if (route.method === "GET") allow.push("HEAD");
     }
     return allow.length > 0 ? { kind: "method", allow } : { kind: "none" };
   }
+}
+
+function decodeParams(params: Record<string, string>): Record<string, string> {
+  for (const name of Object.keys(params)) {
+    if (name !== "*") params[name] = decodeSegment(params[name]!, name);
+  }
+  return params;
 }
 
 function matchPath(route: CompiledRoute, parts: readonly string[]): Record<string, string> | undefined {

@@ -34,7 +34,7 @@ const RECORD_WAIT_MS = 30_000;
  */
 export async function serveGeneration(
   server: ServerContext,
-  { req, res }: RouteContext,
+  { req, res, caller }: RouteContext,
   plan: GenerationPlan,
 ): Promise<void> {
   if (server.closing)
@@ -49,7 +49,7 @@ export async function serveGeneration(
     server.ends.forget(id);
     throw error;
   }
-  server.generations.set(id, channel);
+  server.generations.set(id, { channel, owner: caller.key });
   // The response's close, not the request's: the request closes as soon as its body is read.
   const onClose = () => {
     if (!res.writableFinished) channel.cancel(ServerCancel.disconnected);

@@ -2,6 +2,7 @@ import { readFile } from "node:fs/promises";
 import type { ServerResponse } from "node:http";
 import { extname, resolve, sep } from "node:path";
 import { HttpError } from "./httpErrors.ts";
+import { decodeSegment } from "./requestTarget.ts";
 
 const CONTENT_TYPES: Record<string, string> = {
   ".html": "text/html; charset=utf-8",
@@ -21,15 +22,10 @@ const notFound = (path: string) =>
 
 /**
  * Sends `relative` (percent-encoded, from the URL) from `root`. Only known file types, only inside root:
- * `..` (raw or encoded), absolute paths and NUL bytes all end in 404.
+ * `..` (raw or encoded), absolute paths and NUL bytes all end in 404; malformed percent-encoding in 400.
  */
 export async function sendStaticFile(res: ServerResponse, root: string, relative: string): Promise<void> {
-  let decoded: string;
-  try {
-    decoded = decodeURIComponent(relative);
-  } catch {
-    throw notFound(relative);
-  }
+  const decoded = decodeSegment(relative, "path");
   const base = resolve(root);
   const path = resolve(base, decoded);
   const type = CONTENT_TYPES[extname(path).toLowerCase()];

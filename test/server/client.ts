@@ -1,4 +1,6 @@
 import { request as httpRequest, type IncomingHttpHeaders } from "node:http";
+import { connect, type Socket } from "node:net";
+import { Worker } from "node:worker_threads";
 import { createParser } from "eventsource-parser";
 import type { RequestRecord } from "../../src/runtime/RequestState.ts";
 import type { Runtime } from "../../src/runtime/Runtime.ts";
@@ -180,4 +182,106 @@ export function random(seed: number): () => number {
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
+}
+
+/** One response read off a raw socket. */
+export interface RawResponse {
+  status: number;
+  headers: Record<string, string>;
+  body: string;
+}
+
+export interface RawExchange {
+  responses: RawResponse[];
+  /** Bytes after the last whole response (a response cut short). */
+  rest: string;
+  /** How the connection ended: the server closed it, or it was reset. */
+  ending: "closed" | "reset";
+}
+
+/**
+ * Writes `bytes` on a fresh connection and collects what comes back until the connection closes (never
+ * rejects). The answers are split by Content-Length: enough for the server's own responses, which always
+ * carry one (`headOnly` for answers to HEAD). Like an HTTP client, it closes its side once it has read a
+ * response with `Connection: close`, unless `stayOpen` (a client that goes on sending, or stalls).
+ * `onSocket` gets the socket, to write more or watch it.
+ */
+export function rawExchange(
+  url: string,
+  bytes: string | Buffer,
+  options: { onSocket?: (socket: Socket) => void; headOnly?: boolean; stayOpen?: boolean } = {},
+): Promise<RawExchange> {
+  const { hostname, port } = new URL(url);
+  const headOnly = options.headOnly ?? false;
+  return new Promise((resolve) => {
+    const socket = connect(Number(port), hostname.replace(/^\[(.*)\]$/, "$1"));
+    const chunks: Buffer[] = [];
+    let ending: RawExchange["ending"] = "closed";
+    socket.on("data", (chunk) => {
+      chunks.push(chunk);
+      if (options.stayOpen) return;
+      const { responses } = splitResponses(Buffer.concat(chunks), headOnly);
+      if (responses.some((r) => r.headers.connection === "close")) socket.end();
+    });
+    socket.on("error", (error: NodeJS.ErrnoException) => {
+      if (error.code === "ECONNRESET" || error.code === "EPIPE") ending = "reset";
+    });
+    socket.on("close", () => {
+      const { responses, rest } = splitResponses(Buffer.concat(chunks), headOnly);
+      resolve({ responses, rest, ending });
+    });
+    socket.write(bytes);
+    options.onSocket?.(socket);
+  });
+}
+
+function splitResponses(data: Buffer, headOnly: boolean): { responses: RawResponse[]; rest: string } {
+  const responses: RawResponse[] = [];
+  let at = 0;
+  for (;;) {
+    const end = data.indexOf("\r\n\r\n", at);
+    if (end < 0) break;
+    const [statusLine, ...lines] = data.subarray(at, end).toString("latin1").split("\r\n");
+    const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(statusLine ?? "")?.[1]);
+    if (!Number.isInteger(status)) break;
+    const headers: Record<string, string> = {};
+    for (const line of lines) {
+      const colon = line.indexOf(":");
+      headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
+    }
+    const length = headOnly ? 0 : Number(headers["content-length"] ?? 0);
+    if (end + 4 + length > data.length) break;
+    responses.push({ status, headers, body: data.subarray(end + 4, end + 4 + length).toString("utf8") });
+    at = end + 4 + length;
+  }
+  return { responses, rest: data.subarray(at).toString("latin1") };
+}
+
+/**
+ * `fetch()` from a worker thread: a client with its own event loop, as a real one is, so that what it
+ * sees does not depend on the server's turn of the loop (in the same thread, a reset can be lost in the
+ * race). Resolves with the status and body, or with the error's message and cause code.
+ */
+export async function fetchFromWorker(
+  url: string,
+  init: { method: string; bodyBytes?: number; headers?: Record<string, string> },
+): Promise<{ status: number; body: string } | { error: string; cause: string | undefined }> {
+  const worker = new Worker(
+    `const { parentPort, workerData } = require("node:worker_threads");
+    const { url, init } = workerData;
+    const body = init.bodyBytes === undefined ? undefined : new Uint8Array(init.bodyBytes).fill(97);
+    fetch(url, { method: init.method, headers: init.headers, body }).then(
+      async (res) => parentPort.postMessage({ status: res.status, body: await res.text() }),
+      (error) => parentPort.postMessage({ error: String(error), cause: error.cause && error.cause.code }),
+    );`,
+    { eval: true, workerData: { url, init } },
+  );
+  try {
+    return await new Promise((resolve, reject) => {
+      worker.once("message", resolve);
+      worker.once("error", reject);
+    });
+  } finally {
+    await worker.terminate();
+  }
 }

@@ -234,32 +234,41 @@ describe("SSE streaming over a real socket with the bundled model", () => {
     assert.equal(typeof slots.steps, "number");
   });
 
-  test("/v1/slots shows a live request in its slot", async () => {
-    let seen: SseEvent;
-    const stream = post(
-      served.url,
-      "/v1/completions",
-      { prompt: PROMPT, max_tokens: 200, ignore_eos: true, stream: true },
-      {
-        onEvent: (event, s) => {
-          if (seen !== undefined || event === "[DONE]") return;
-          seen = null;
-          fetch(`${served.url}/v1/slots`)
-            .then((r) => r.json())
-            .then((view) => {
-              seen = view;
+  test("/v1/slots shows a live request in its slot; its id only to the admin", async () => {
+    const admin = await serve(runtime, { adminApiKey: "sk-admin" });
+    try {
+      let seen: SseEvent;
+      let anonymous: SseEvent;
+      const stream = post(
+        admin.url,
+        "/v1/completions",
+        { prompt: PROMPT, max_tokens: 200, ignore_eos: true, stream: true },
+        {
+          onEvent: (event, s) => {
+            if (seen !== undefined || event === "[DONE]") return;
+            seen = null;
+            const view = (headers: Record<string, string>) =>
+              fetch(`${admin.url}/v1/slots`, { headers }).then((r) => r.json());
+            Promise.all([view({ authorization: "Bearer sk-admin" }), view({})]).then(([a, b]) => {
+              [seen, anonymous] = [a, b];
               s.destroy();
             });
+          },
         },
-      },
-    );
-    await stream.done;
-    const { headers } = await stream.head;
-    await ends.of(String(headers["x-request-id"]));
-    const slot = seen.slots.find((s: { requestId?: string }) => s.requestId === headers["x-request-id"]);
-    assert.ok(slot, "the request is in a slot");
-    assert.equal(slot.state, "decode");
-    assert.ok(slot.generated >= 1, JSON.stringify(slot));
+      );
+      await stream.done;
+      const { headers } = await stream.head;
+      await ends.of(String(headers["x-request-id"]));
+      const slot = seen.slots.find((s: { requestId?: string }) => s.requestId === headers["x-request-id"]);
+      assert.ok(slot, "the request is in a slot");
+      assert.equal(slot.state, "decode");
+      assert.ok(slot.generated >= 1, JSON.stringify(slot));
+      const busy = anonymous.slots.filter((s: { state: string }) => s.state === "decode");
+      assert.equal(busy.length, 1, "anonymous callers see the slot busy");
+      assert.equal(busy[0].requestId, undefined, "but not whose request it is");
+    } finally {
+      await admin.server.close();
+    }
   });
 
   test("/metrics is Prometheus text with the runtime's counters and histograms", async () => {

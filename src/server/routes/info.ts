@@ -1,3 +1,4 @@
+import { mayControl } from "../auth.ts";
 import { HttpError, sendJson } from "../httpErrors.ts";
 import type { Handler } from "../router.ts";
 import type { ServerContext } from "../ServerContext.ts";
@@ -24,7 +25,7 @@ export function modelsRoute(server: ServerContext): Handler {
 /** GET /v1/models/:model */
 export function modelRoute(server: ServerContext): Handler {
   return ({ res, params }) => {
-    const requested = decodeURIComponent(params.model!);
+    const requested = params.model!;
     if (requested !== server.options.modelName) {
       throw new HttpError(
         404,
@@ -50,14 +51,27 @@ export function healthRoute(server: ServerContext): Handler {
   };
 }
 
-/** GET /v1/slots: the runtime's live slot view. */
+/**
+ * GET /v1/slots: the runtime's live slot view. A request id is a capability (who knows it can cancel the
+ * request), so a slot shows it only to the admin and to the key that created the request; anonymous
+ * callers see none, not even their own.
+ */
 export function slotsRoute(server: ServerContext): Handler {
-  return ({ res }) =>
+  return ({ res, caller }) => {
+    const snapshot = server.runtime.snapshot();
+    const slots = snapshot.slots.map(({ requestId, ...slot }) => {
+      if (requestId === undefined) return slot;
+      const owner = server.generations.get(requestId)?.owner;
+      const visible = caller.admin || (caller.key !== undefined && owner === caller.key);
+      return visible ? { ...slot, requestId } : slot;
+    });
     sendJson(res, 200, {
       model: server.options.modelName,
       slotsTotal: server.runtime.engine.info.slots,
-      ...server.runtime.snapshot(),
+      ...snapshot,
+      slots,
     });
+  };
 }
 
 /** GET /metrics */
@@ -72,11 +86,18 @@ export function metricsRoute(server: ServerContext): Handler {
   };
 }
 
-/** DELETE /v1/requests/:id: an explicit stop. The stream itself ends with `finish_reason: "cancelled"`. */
+/**
+ * DELETE /v1/requests/:id: an explicit stop. The stream itself ends with `finish_reason: "cancelled"`.
+ * Only the key that created the request (or the admin) may stop it; to anyone else it does not exist, so
+ * the answer tells nothing about other clients' requests.
+ */
 export function cancelRoute(server: ServerContext): Handler {
-  return ({ res, params }) => {
-    const id = decodeURIComponent(params.id!);
-    if (!server.runtime.cancel(id)) {
+  return ({ res, params, caller }) => {
+    const id = params.id!;
+    const generation = server.generations.get(id);
+    // The admin may also stop requests submitted to the runtime directly, outside this server.
+    const allowed = generation === undefined ? caller.admin : mayControl(caller, generation.owner);
+    if (!allowed || !server.runtime.cancel(id)) {
       throw new HttpError(
         404,
         "not_found_error",
