@@ -14,6 +14,7 @@ import { parseRuntimeOptions, type RuntimeOptions } from "./RuntimeOptions.ts";
 
 export type { RuntimeOptions } from "./RuntimeOptions.ts";
 
+import { RequestQueue } from "./RequestQueue.ts";
 import { RuntimeStats } from "./RuntimeStats.ts";
 import { type NormalizedRequest, validateStreamingSubmission } from "./validate.ts";
 
@@ -59,9 +60,7 @@ export class Runtime {
   /** Slot index → the request in it (finished ones stay until the loop frees the slot). */
   readonly #slots: (RequestState | undefined)[];
   /** FIFO of queued requests; cancelled ones are skipped at admission. */
-  #queue: RequestState[] = [];
-  #queueHead = 0;
-  #queued = 0;
+  readonly #queue = new RequestQueue();
   /** Requests whose end record is not out yet (until their slot is free), by id: the per-request promise. */
   readonly #ending = new Map<
     string,
@@ -78,8 +77,6 @@ export class Runtime {
    * awaits) is never lost, whatever kind of work it brings.
    */
   #pending = false;
-  /** Cancelled requests still in `#queue`; compacted away once they outnumber the live ones. */
-  #queueDead = 0;
   #closing = false;
   /** Closing, letting live requests finish (`close({ drain: true })`). */
   #draining = false;
@@ -164,7 +161,7 @@ export class Runtime {
       );
     }
     // The bound is on requests that must wait: those a free (or freeing) slot will take at once do not count.
-    const waiting = this.#queued - this.#openSlots();
+    const waiting = this.#queue.length - this.#openSlots();
     if (waiting >= this.#maxQueue) {
       throw new SluiceError(
         "queue_full",
@@ -201,7 +198,6 @@ export class Runtime {
     this.#ending.set(request.id, { promise, resolve });
     this.stats.submitted++;
     this.#queue.push(state);
-    this.#queued++;
     this.#notify();
     return channel;
   }
@@ -228,11 +224,9 @@ export class Runtime {
   #finish(state: RequestState, latch: Latch): void {
     state.latch(latch);
     if (state.phase === "finished") return;
-    if (state.phase === "queued") {
-      this.#queued--;
-      this.#dropDead();
-    }
+    const wasQueued = state.phase === "queued";
     state.phase = "finished";
+    if (wasQueued) this.#queue.drop();
     state.finishedAt = performance.now();
     const final = state.processor.take(true) ?? { tokenIds: [], text: "" };
     const { reason, stop, error } = state.latched!;
@@ -398,10 +392,10 @@ export class Runtime {
   async #admit(): Promise<void> {
     let free: SlotCandidate[] | undefined;
     const trims: Promise<void>[] = [];
-    while (this.#queued > 0) {
+    while (this.#queue.length > 0) {
       free ??= this.#freeSlots();
       if (free.length === 0) break;
-      const state = this.#dequeue();
+      const state = this.#queue.shift();
       if (!state) break;
       const useCache = this.#promptCache && state.request.cachePrompt;
       const { slot, reuse } = pickSlot(free, state.request.promptTokens, useCache);
@@ -409,7 +403,6 @@ export class Runtime {
       state.phase = "prefill";
       state.slot = slot;
       state.admittedAt = performance.now();
-      this.#queued--;
       this.#slots[slot] = state;
       trims.push(this.#trim(state, reuse, useCache));
     }
@@ -436,32 +429,6 @@ export class Runtime {
     } catch (error) {
       this.#finish(state, { reason: "error", error: toChunkError(error, "engine_error") });
     }
-  }
-
-  #dequeue(): RequestState | undefined {
-    while (this.#queueHead < this.#queue.length) {
-      const state = this.#queue[this.#queueHead++]!;
-      if (this.#queueHead > 1024 && this.#queueHead * 2 > this.#queue.length) {
-        this.#queue = this.#queue.slice(this.#queueHead);
-        this.#queueHead = 0;
-      }
-      if (state.phase === "queued") return state;
-      this.#queueDead--;
-    }
-    return undefined;
-  }
-
-  /**
-   * A request cancelled while queued is done with, but its entry stays in the FIFO until admission reaches
-   * it. Compact once dead entries outnumber live ones (and are more than a few), so a flood of
-   * submit-and-cancel while every slot is busy holds memory for the waiting requests only; amortised O(1).
-   */
-  #dropDead(): void {
-    this.#queueDead++;
-    if (this.#queueDead < 64 || this.#queueDead <= this.#queued) return;
-    this.#queue = this.#queue.slice(this.#queueHead).filter((state) => state.phase === "queued");
-    this.#queueHead = 0;
-    this.#queueDead = 0;
   }
 
   /** Evict before the step: a finished slot costs no compute after the step in flight. */
@@ -507,7 +474,7 @@ export class Runtime {
   get load(): { active: number; queued: number; slots: number; busySlots: number } {
     const busy = this.#slots.filter((s) => s !== undefined).length;
     const active = this.#slots.filter((s) => s !== undefined && s.phase !== "finished").length;
-    return { active, queued: this.#queued, slots: this.#slots.length, busySlots: busy };
+    return { active, queued: this.#queue.length, slots: this.#slots.length, busySlots: busy };
   }
 
   /** Slot by slot view of the runtime, for health pages and the playground. */
@@ -526,7 +493,7 @@ export class Runtime {
           generated: state.generated,
         };
       }),
-      queued: this.#queued,
+      queued: this.#queue.length,
       steps: this.#stepsCompleted,
       closing: this.#closing,
     };
