@@ -55,6 +55,13 @@ const BENCHMARKS: readonly Benchmark[] = [
     engineFlags: false,
   },
   {
+    name: "soak",
+    summary:
+      "10,000 requests over loopback with disconnects at every phase: slots leaked, end records, RSS and handles",
+    quick: ["--quick"],
+    engineFlags: false,
+  },
+  {
     name: "detok",
     summary: "detokenizer cost per token vs re-decoding the history and a streaming TextDecoder",
     quick: ["200000"],
