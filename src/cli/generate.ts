@@ -90,12 +90,14 @@ export async function generateCommand(argv: string[]): Promise<number> {
   let result: GenerationResult;
   let cancelledAt = 0;
   const channel = runtime.generate(request);
-  const onSigint = () => {
-    if (cancelledAt > 0) process.exit(130);
+  // SIGINT (Ctrl-C) and SIGTERM (a supervisor) stop the same way: cancel, print the finish; a second one exits.
+  const onSigint = (signal: NodeJS.Signals) => {
+    if (cancelledAt > 0) process.exit(signal === "SIGTERM" ? 143 : 130);
     cancelledAt = performance.now();
     channel.cancel("interrupted");
   };
   process.on("SIGINT", onSigint);
+  process.on("SIGTERM", onSigint);
   try {
     if (!json) process.stdout.write(prompt);
     const started = performance.now();
@@ -112,6 +114,7 @@ export async function generateCommand(argv: string[]): Promise<number> {
     result = await channel.result;
   } finally {
     process.off("SIGINT", onSigint);
+    process.off("SIGTERM", onSigint);
     status.clear();
   }
   const cancelMs = cancelledAt > 0 ? performance.now() - cancelledAt : undefined;
