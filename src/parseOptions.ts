@@ -20,7 +20,13 @@ export function parseOptions<S extends z.ZodType>(schema: S, options: unknown, o
     );
   }
   const given = valueAt(options, issue.path);
-  const shown = typeof given === "number" || typeof given === "bigint" ? String(given) : describe(given);
+  // A secret is never repeated back, not even a malformed one (it may be a real key with a typo).
+  const secret = /(key|keys|secret)$/i.test(String(issue.path[0] ?? ""));
+  const shown = secret
+    ? "a value (not shown)"
+    : typeof given === "number" || typeof given === "bigint"
+      ? String(given)
+      : describe(given);
   throw new SluiceError("invalid_option", `${owner}: ${path || "options"} ${issue.message}; got ${shown}.`, {
     param: path || "options",
   });

@@ -64,7 +64,7 @@ export class SluiceServer {
     this.#context = {
       runtime,
       options: resolved,
-      metrics: new ServerMetrics(runtime),
+      metrics: new ServerMetrics(),
       ends: new EndRecords(runtime),
       generations: new Map(),
       chat: () => {
@@ -149,7 +149,6 @@ export class SluiceServer {
     this.http.closeIdleConnections();
     await stopped;
     clearTimeout(cut);
-    this.#context.metrics.close();
     this.#context.ends.close();
   }
 

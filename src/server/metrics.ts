@@ -1,62 +1,19 @@
-import { Histogram } from "../runtime/Histogram.ts";
+import type { Histogram } from "../runtime/Histogram.ts";
 import type { Runtime } from "../runtime/Runtime.ts";
 
-const SECONDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
-
 /**
- * What the server measures itself (HTTP traffic, inter-token latency); everything else on /metrics is read
- * from the runtime's stats when scraped.
+ * What the server measures itself (HTTP traffic, open streams); everything else on /metrics, token and
+ * latency figures included, is the runtime's stats, read when scraped.
  */
 export class ServerMetrics {
   /** `route status` → count. */
   readonly #http = new Map<string, number>();
-  /** Time between two tokens of the same request: the wall time between consecutive steps that decode it. */
-  readonly interTokenSeconds = new Histogram(SECONDS);
-  /** Prompt tokens fed to the engine, including each prompt's last chunk (the one that samples). */
-  promptTokens = 0;
   /** SSE responses currently open. */
   streamsOpen = 0;
-  #lastStepAt: number | undefined;
-  /** Slots that sampled in the previous step (double-buffered: no allocation per step). */
-  #sampled: Uint8Array;
-  #sampledNext: Uint8Array;
-  readonly #unsubscribe: () => void;
-
-  constructor(runtime: Runtime) {
-    this.#sampled = new Uint8Array(runtime.engine.info.slots);
-    this.#sampledNext = new Uint8Array(runtime.engine.info.slots);
-    this.#unsubscribe = runtime.observe((event) => {
-      if (event.type !== "step") return;
-      const now = performance.now();
-      const last = this.#lastStepAt;
-      this.#lastStepAt = now;
-      const sampled = this.#sampled;
-      const next = this.#sampledNext.fill(0);
-      for (const item of event.items) {
-        if (item.sample === undefined) {
-          this.promptTokens += item.tokens.length;
-          continue;
-        }
-        next[item.slot] = 1;
-        // A sampling item that feeds back one token after the slot sampled in the previous step is a decode:
-        // the gap since that step is exactly the wait between two tokens of one request. Anything else
-        // is the last chunk of a prompt.
-        if (item.tokens.length === 1 && sampled[item.slot] === 1) {
-          if (last !== undefined) this.interTokenSeconds.observe((now - last) / 1000);
-        } else this.promptTokens += item.tokens.length;
-      }
-      this.#sampled = next;
-      this.#sampledNext = sampled;
-    });
-  }
 
   countHttp(route: string, status: number): void {
     const key = `${route} ${status}`;
     this.#http.set(key, (this.#http.get(key) ?? 0) + 1);
-  }
-
-  close(): void {
-    this.#unsubscribe();
   }
 
   /** Prometheus text exposition format, version 0.0.4. */
@@ -97,8 +54,32 @@ export class ServerMetrics {
     single(
       "sluice_prompt_tokens_total",
       "counter",
-      "Prompt tokens fed to the engine since the server started.",
-      this.promptTokens,
+      "Prompt tokens evaluated by the engine (cached prefixes not included).",
+      stats.promptTokensProcessed,
+    );
+    single(
+      "sluice_prompt_cache_lookups_total",
+      "counter",
+      "Requests admitted with the prompt cache on (each looks for a slot holding its prefix).",
+      stats.promptCacheLookups,
+    );
+    single(
+      "sluice_prompt_cache_hits_total",
+      "counter",
+      "Requests that reused a cached prompt prefix.",
+      stats.promptCacheHits,
+    );
+    single(
+      "sluice_prompt_cache_hit_ratio",
+      "gauge",
+      "Prompt cache hits over lookups since start (0 before any lookup).",
+      stats.promptCacheLookups === 0 ? 0 : stats.promptCacheHits / stats.promptCacheLookups,
+    );
+    single(
+      "sluice_prompt_tokens_cached_total",
+      "counter",
+      "Prompt tokens reused from the prompt cache instead of evaluated.",
+      stats.promptTokensCached,
     );
     single("sluice_engine_steps_total", "counter", "Batched engine steps run.", stats.steps);
     single(
@@ -115,7 +96,7 @@ export class ServerMetrics {
     histogram(
       "sluice_inter_token_latency_seconds",
       "Time between consecutive tokens of a request.",
-      this.interTokenSeconds,
+      stats.interTokenSeconds,
     );
     histogram("sluice_step_duration_seconds", "Duration of one batched engine step.", stats.stepSeconds);
     histogram("sluice_cancel_latency_seconds", "Cancel to slot free.", stats.cancelSeconds);

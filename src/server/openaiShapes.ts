@@ -43,11 +43,13 @@ export interface ShapeInit {
 }
 
 function usageOf(result: GenerationResult) {
-  const { promptTokens, completionTokens } = result.usage;
+  const { promptTokens, completionTokens, cachedTokens } = result.usage;
   return {
     prompt_tokens: promptTokens,
     completion_tokens: completionTokens,
     total_tokens: promptTokens + completionTokens,
+    // OpenAI's field for prompt tokens served from the prompt cache.
+    prompt_tokens_details: { cached_tokens: cachedTokens },
   };
 }
 

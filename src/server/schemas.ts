@@ -3,7 +3,7 @@ import { z } from "zod";
 /**
  * Request bodies of the OpenAI-compatible routes. Objects are strict: a field Sluice does not implement is
  * refused with a message naming it, never silently ignored. Extensions beyond OpenAI (vLLM's names): top_k,
- * min_p, skip_special_tokens, stream_interval, ignore_eos.
+ * min_p, skip_special_tokens, stream_interval, ignore_eos; and llama-server's cache_prompt.
  */
 
 /** A field OpenAI defines that Sluice does not implement: accepted only at its "off" value. */
@@ -57,6 +57,7 @@ const sampling = {
   skip_special_tokens: z.boolean().nullish(),
   stream_interval: z.int().min(1).nullish(),
   ignore_eos: z.boolean().nullish(),
+  cache_prompt: z.boolean().nullish(),
 };
 
 const tokenIds = z.array(z.int()).min(1);

@@ -18,6 +18,7 @@ export function samplingOf(body: CompletionRequestBody | ChatRequestBody): Omit<
   if (body.stream_interval != null) request.streamInterval = body.stream_interval;
   if (body.skip_special_tokens != null) request.skipSpecialTokens = body.skip_special_tokens;
   if (body.ignore_eos != null) request.ignoreEos = body.ignore_eos;
+  if (body.cache_prompt != null) request.cachePrompt = body.cache_prompt;
   return request;
 }
 

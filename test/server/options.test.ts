@@ -123,7 +123,14 @@ describe("createServer options: every wrong value refused with a message that sa
     );
     assertRefused({ apiKey: [] }, "apiKey", /empty list/);
     assertRefused({ apiKey: ["sk-a", "sk a"] }, "apiKey", /apiKey\.1 must be printable ASCII/);
-    assertRefused({ apiKey: 5 }, "apiKey", /must be a key \(a string\) or an array of keys; got 5/);
+    // Keys are secrets: even a malformed one is never repeated back in the message.
+    assertRefused(
+      { apiKey: 5 },
+      "apiKey",
+      /must be a key \(a string\) or an array of keys; got a value \(not shown\)/,
+    );
+    const leaked = assertRefused({ adminApiKey: "sk-real secret" }, "adminApiKey");
+    assert.ok(!leaked.message.includes("sk-real"), leaked.message);
     assertRefused({ apiKey: ["sk-a", "sk-a"] }, "apiKey", /lists a key twice/);
     assertRefused({ apiKey: "sk-a", adminApiKey: "sk-a" }, "adminApiKey", /must differ from every apiKey/);
   });
