@@ -1,8 +1,8 @@
 import type { StreamChannel } from "../channel/index.ts";
+import type { RequestRecord } from "../runtime/RequestState.ts";
 import type { Runtime } from "../runtime/Runtime.ts";
 import type { Caller } from "./auth.ts";
 import type { ChatFormatter } from "./chat.ts";
-import type { EndRecords } from "./EndRecords.ts";
 import type { ServerMetrics } from "./metrics.ts";
 import type { ResolvedServerOptions } from "./ServerOptions.ts";
 
@@ -11,12 +11,15 @@ export interface ServerContext {
   readonly runtime: Runtime;
   readonly options: ResolvedServerOptions;
   readonly metrics: ServerMetrics;
-  readonly ends: EndRecords;
   /**
    * Generations being served, by request id, with the key that created each (who may cancel it and see
-   * its id): shutdown ends each with a terminal chunk.
+   * its id) and the runtime's promise of its end record (the measured cancel latency): shutdown ends each
+   * with a terminal chunk.
    */
-  readonly generations: Map<string, { channel: StreamChannel; owner: Caller["key"] }>;
+  readonly generations: Map<
+    string,
+    { channel: StreamChannel; owner: Caller["key"]; ended: Promise<RequestRecord> | undefined }
+  >;
   /** Created on first use: rendering chats may need the model's template. */
   chat(): ChatFormatter;
   /** True once close() began: new generations get 503. */

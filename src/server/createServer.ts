@@ -10,7 +10,6 @@ import { ANONYMOUS, ApiKeys } from "./auth.ts";
 import { bodyPending, ClientGone, sendErrorUnread } from "./body.ts";
 import { type ChatFormatter, createChatFormatter } from "./chat.ts";
 import { ConnectionGuard } from "./connections.ts";
-import { EndRecords } from "./EndRecords.ts";
 import { checkHost } from "./host.ts";
 import { HttpError, sendError, toHttpError, tooManyConnections } from "./httpErrors.ts";
 import { ServerMetrics } from "./metrics.ts";
@@ -65,7 +64,6 @@ export class SluiceServer {
       runtime,
       options: resolved,
       metrics: new ServerMetrics(),
-      ends: new EndRecords(runtime),
       generations: new Map(),
       chat: () => {
         chat ??= createChatFormatter(runtime.engine, resolved.chatTemplate);
@@ -149,7 +147,6 @@ export class SluiceServer {
     this.http.closeIdleConnections();
     await stopped;
     clearTimeout(cut);
-    this.#context.ends.close();
   }
 
   /** Handles one request (or only refuses it with `refusal`), so that close() can wait for it. */

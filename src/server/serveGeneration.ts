@@ -40,16 +40,8 @@ export async function serveGeneration(
   if (server.closing)
     throw new SluiceError("runtime_closed", "The server is shutting down; retry elsewhere.");
   const { id } = plan.request;
-  // Before generate(): a request cancelled while queued reports its end synchronously.
-  server.ends.expect(id);
-  let channel: StreamChannel;
-  try {
-    channel = server.runtime.generate(plan.request);
-  } catch (error) {
-    server.ends.forget(id);
-    throw error;
-  }
-  server.generations.set(id, { channel, owner: caller.key });
+  const channel = server.runtime.generate(plan.request);
+  server.generations.set(id, { channel, owner: caller.key, ended: server.runtime.endRecord(id) });
   // The response's close, not the request's: the request closes as soon as its body is read.
   const onClose = () => {
     if (!res.writableFinished) channel.cancel(ServerCancel.disconnected);
@@ -68,7 +60,6 @@ export async function serveGeneration(
     clearTimeout(deadline);
     res.off("close", onClose);
     server.generations.delete(id);
-    server.ends.forget(id);
   }
 }
 
@@ -153,7 +144,8 @@ async function extensionOf(server: ServerContext, result: GenerationResult): Pro
     timings: result.timings,
   };
   if (result.reason !== "cancelled") return extension;
-  const cancel = (await server.ends.wait(result.id, RECORD_WAIT_MS))?.cancel;
+  const ended = server.generations.get(result.id)?.ended;
+  const cancel = ended === undefined ? undefined : (await withinMs(ended, RECORD_WAIT_MS))?.cancel;
   if (cancel !== undefined) {
     extension.cancel = {
       stepsToFree: cancel.stepsToFree,
@@ -162,4 +154,13 @@ async function extensionOf(server: ServerContext, result: GenerationResult): Pro
     };
   }
   return extension;
+}
+
+/** The promise's value, or undefined when it takes longer than `ms` (a bound, never a wait for its own sake). */
+function withinMs<T>(promise: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<undefined>((resolve) => {
+    timer = setTimeout(() => resolve(undefined), ms);
+  });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
 }
