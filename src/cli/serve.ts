@@ -17,6 +17,8 @@ Options:
   --prefill-chunk <n>     fixed prompt tokens a slot reads per step (default: sized by step time)
   --target-step-ms <ms>   step time automatic prefill chunks aim for (default max(50, 3 decode steps))
   --max-queue <n>         most requests waiting for a slot; beyond it 429 (default 256)
+  --no-prompt-cache       start every request on an emptied slot (default: a slot keeps its KV cache and a
+                          request sharing its prompt prefix reads only the rest; per request: cache_prompt)
   --api-key <key>         require "Authorization: Bearer <key>"; repeat for one key per client (a request
                           belongs to its key) (default: env SLUICE_API_KEY, else none)
   --admin-api-key <key>   a key that also sees every request id in /v1/slots and may cancel any request
@@ -100,6 +102,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
       "body-timeout": { type: "string" },
       "idle-timeout": { type: "string" },
       "max-connections": { type: "string" },
+      "no-prompt-cache": { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -135,6 +138,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
       prefillChunkSize: integer(values["prefill-chunk"], "--prefill-chunk", 1),
       targetStepMs: integer(values["target-step-ms"], "--target-step-ms", 1),
       maxQueue: integer(values["max-queue"], "--max-queue", 0),
+      promptCache: values["no-prompt-cache"] === true ? false : undefined,
       onLoadProgress: (p: number) => {
         const percent = Math.floor(p * 10) * 10;
         if (percent === lastShown) return;
