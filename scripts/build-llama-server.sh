@@ -45,7 +45,7 @@ if cached; then
 fi
 
 mkdir -p "$cache_root"
-# Two concurrent runs would both spend 8 minutes compiling; the second waits and then finds the cache.
+# Two concurrent runs would both spend many minutes compiling; the second waits and then finds the cache.
 if command -v flock >/dev/null; then
   exec 9>"$cache_root/.llama.cpp-$short.lock"
   flock 9
