@@ -112,7 +112,9 @@ export class LlamaEngine implements Engine {
     const modelPath = options.model ?? BUNDLED_MODEL_PATH;
     const slots = options.slots ?? 4;
     const threads = options.threads ?? defaultThreads();
-    const { contextLength } = await checkGguf(modelPath);
+    // The one read of the file by Sluice: checked, and its vocabulary taken from the same pass.
+    const checked = await checkGguf(modelPath);
+    const { contextLength } = checked;
     const contextSize = options.contextSize ?? Math.min(contextLength || 2048, 2048);
     const batchSize = options.batchSize ?? 512;
     const llama = await getLlama({
@@ -138,7 +140,7 @@ export class LlamaEngine implements Engine {
         batching: { itemPrioritizationStrategy: decodeFirst },
         ...(options.signal ? { createSignal: options.signal } : {}),
       });
-      const vocabulary = await Vocabulary.fromGgufFile(modelPath);
+      const vocabulary = Vocabulary.fromGguf(checked.vocabulary);
       const info: EngineInfo = {
         model: basename(modelPath),
         slots,

@@ -1,4 +1,5 @@
 import { statSync } from "node:fs";
+import type { VocabularyInit } from "../detok/Vocabulary.ts";
 import { SluiceError } from "../errors.ts";
 import { checkHyperparameters } from "./gguf/checkHyperparameters.ts";
 import { checkLlama } from "./gguf/checkLlama.ts";
@@ -6,6 +7,7 @@ import { checkTensorTable } from "./gguf/checkTensorTable.ts";
 import { checkTokens } from "./gguf/checkTokens.ts";
 import { MetadataReader } from "./gguf/MetadataReader.ts";
 import { readGgufHeader } from "./gguf/readGgufHeader.ts";
+import { vocabularyInit } from "./gguf/vocabularyInit.ts";
 
 /**
  * Checks a GGUF file before llama.cpp (or node-llama-cpp's own reader) sees it, so that a malformed file is an
@@ -23,11 +25,14 @@ import { readGgufHeader } from "./gguf/readGgufHeader.ts";
  * Once this check passes, it and llama.cpp read the file safely.
  *
  * @param path a local file.
- * @returns the architecture and the training context length (`<arch>.context_length`).
+ * @returns the architecture, the training context length (`<arch>.context_length`) and the tokenizer metadata
+ *   (so the vocabulary is built from this one read of the file).
  * @throws SluiceError `model_invalid` whose message names the file, the field at fault, its value and what is
  *   wrong, or that the file is missing or unreadable.
  */
-export async function checkGguf(path: string): Promise<{ architecture: string; contextLength: number }> {
+export async function checkGguf(
+  path: string,
+): Promise<{ architecture: string; contextLength: number; vocabulary: VocabularyInit }> {
   let isFile = false;
   try {
     isFile = statSync(path).isFile();
@@ -48,5 +53,9 @@ export async function checkGguf(path: string): Promise<{ architecture: string; c
   if (hparams.architecture === "llama" && !hparams.split) {
     checkLlama(new MetadataReader(path, header.metadata), hparams, vocabularySize, tensors);
   }
-  return { architecture: hparams.architecture, contextLength: hparams.contextLength };
+  return {
+    architecture: hparams.architecture,
+    contextLength: hparams.contextLength,
+    vocabulary: vocabularyInit(header),
+  };
 }

@@ -474,7 +474,7 @@ describe("checkGguf", () => {
     const started = performance.now();
     const result = await checkGguf(BUNDLED_MODEL_PATH);
     const ms = performance.now() - started;
-    assert.deepEqual(result, { architecture: "llama", contextLength: 512 });
+    assert.deepEqual([result.architecture, result.contextLength], ["llama", 512]);
     console.log(`checkGguf on the bundled model: ${ms.toFixed(1)} ms`);
     assert.ok(ms < 250, `took ${ms} ms`);
   });
@@ -544,7 +544,8 @@ describe("checkGguf", () => {
     test(`accepts ${name}`, async () => {
       const { path } = write(variation);
       try {
-        assert.deepEqual(await checkGguf(path), { architecture: "llama", contextLength: 512 });
+        const { architecture, contextLength } = await checkGguf(path);
+        assert.deepEqual([architecture, contextLength], ["llama", 512]);
       } finally {
         unlinkSync(path);
       }

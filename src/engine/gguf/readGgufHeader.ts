@@ -51,6 +51,8 @@ const MAX_DIMS = 4;
 const MAX_KEY_BYTES = 65_535;
 /** String arrays whose items are kept, as latin1 (one char per byte): the vocabulary, checked for duplicates. */
 const BYTE_STRING_ARRAYS = new Set(["tokenizer.ggml.tokens"]);
+/** Numeric arrays kept whatever their length (up to the vocabulary's bound): one item per token. */
+const KEPT_NUMERIC_ARRAYS = new Set(["tokenizer.ggml.token_type"]);
 /** Enough for any per-layer array (llama.cpp allows at most 512 layers). */
 const MAX_KEPT_ITEMS = 4096;
 /**
@@ -193,7 +195,7 @@ function readArray(c: GgufCursor, key: string): GgufEntry {
     for (let j = 0; j < n; j++) items[j] = c.string(MAX_STRING_BYTES, "latin1")!;
     return { kind: "array", type: "string", length: n, items };
   }
-  if (n > MAX_KEPT_ITEMS) {
+  if (n > (KEPT_NUMERIC_ARRAYS.has(key) ? MAX_VOCABULARY : MAX_KEPT_ITEMS)) {
     c.skip(n * itemType.bytes);
     return { kind: "array", type: itemType.name, length: n, items: undefined };
   }
