@@ -1,11 +1,24 @@
 #!/usr/bin/env node
-// Runs the TypeScript sources directly (tsx) in this one process, so the CLI needs no build step and a
-// signal sent to this process reaches the command's own handlers (there is no child to relay it to).
-import { register } from "tsx/esm/api";
+// The CLI in this one process, so that a signal sent to this process reaches the command's own handlers (there
+// is no child to relay it to). An installed package runs the compiled JavaScript in dist/; a clone, which has
+// the sources and tsx, runs the sources directly so that an edit needs no rebuild.
+import { existsSync } from "node:fs";
 
-register();
 stopWhenNpmExecLetsGo();
-await import("../src/cli/main.ts");
+const source = new URL("../src/cli/main.ts", import.meta.url);
+if (existsSync(source) && (await registerTsx())) await import(source.href);
+else await import("../dist/cli/main.js");
+
+/** Registers tsx's loader; false where it is not installed (a production install of a clone). */
+async function registerTsx() {
+  try {
+    const { register } = await import("tsx/esm/api");
+    register();
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 /**
  * `npx sluice …` runs this file through `sh -c`, and npm forwards SIGINT/SIGTERM only to that shell, which

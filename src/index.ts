@@ -1,10 +1,10 @@
+// "sluice": the library. The HTTP server is "sluice/server", test doubles are "sluice/testing".
 export type { ChannelOptions } from "./channel/index.ts";
 export { StreamChannel } from "./channel/index.ts";
 export { OutputProcessor, StopMatcher, Utf8Decoder, Vocabulary } from "./detok/index.ts";
 export type { Engine, EngineInfo, SamplerConfig, StepItem, StepOutcome } from "./engine/Engine.ts";
 export { LlamaEngine, type LlamaEngineOptions } from "./engine/LlamaEngine.ts";
-export { BUNDLED_MODEL_PATH } from "./engine/modelPath.ts";
-export { ScriptedEngine, type ScriptedEngineOptions } from "./engine/ScriptedEngine.ts";
+export { BUNDLED_CHAT_MODEL_PATH, BUNDLED_MODEL_PATH } from "./engine/modelPath.ts";
 export { SluiceError, type SluiceErrorCode } from "./errors.ts";
 export type { CancelRecord, RequestRecord } from "./runtime/RequestState.ts";
 export {
@@ -15,5 +15,4 @@ export {
   type SlotSnapshot,
 } from "./runtime/Runtime.ts";
 export { validateStreamingSubmission } from "./runtime/validate.ts";
-export * from "./server/index.ts";
 export type * from "./types.ts";
