@@ -1,7 +1,7 @@
-import { parseArgs } from "node:util";
 import { SluiceError } from "../errors.ts";
 import { Runtime } from "../runtime/Runtime.ts";
 import type { GenerationRequest, GenerationResult } from "../types.ts";
+import { parseArgs } from "./env.ts";
 import { StatusLine } from "./StatusLine.ts";
 
 export const DEFAULT_PROMPT = "Genesis 1\n1 In the beginning";

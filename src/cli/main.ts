@@ -8,7 +8,9 @@ Commands:
   serve               OpenAI-compatible HTTP server with a web playground
   bench <name>        run a benchmark (cancel, overhead, concurrency, stall, memory, channel, detok)
 
-Run "sluice <command> --help" for the options of a command.
+Run "sluice <command> --help" for the options of a command. Every option can also come from the
+environment as SLUICE_<OPTION> (--max-queue 8 is SLUICE_MAX_QUEUE=8; a repeatable option takes a
+comma-separated list, a switch 1/true or 0/false); an option on the command line wins.
 `;
 
 async function main(argv: string[]): Promise<number> {

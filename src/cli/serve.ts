@@ -1,7 +1,7 @@
-import { parseArgs } from "node:util";
 import { SluiceError } from "../errors.ts";
 import { Runtime } from "../runtime/Runtime.ts";
 import { checkServerOptions, createServer, type ServerOptions } from "../server/index.ts";
+import { parseArgs } from "./env.ts";
 
 export const SERVE_HELP = `Usage: sluice serve [options]
 
