@@ -49,6 +49,13 @@ const BENCHMARKS: readonly Benchmark[] = [
     engineFlags: false,
   },
   {
+    name: "prefix",
+    summary:
+      "time to first token with and without the prompt cache (8-turn chat, shared system prompt) vs llama-server",
+    quick: ["--quick"],
+    engineFlags: true,
+  },
+  {
     name: "channel",
     summary: "StreamChannel push-to-consume cost vs repeater, it-pushable, node:stream and WHATWG streams",
     quick: undefined,
