@@ -1,11 +1,18 @@
 import { SluiceError } from "../errors.ts";
 import { Runtime } from "../runtime/Runtime.ts";
-import { checkServerOptions, createServer, type ServerOptions } from "../server/index.ts";
+import {
+  checkServerOptions,
+  createServer,
+  type ListenAddress,
+  type ServerOptions,
+  type SluiceServer,
+} from "../server/index.ts";
 import { parseArgs } from "./env.ts";
 
 export const SERVE_HELP = `Usage: sluice serve [options]
 
 OpenAI-compatible HTTP server (SSE streaming, client disconnect = cancel) with a web playground at /.
+It listens at once; /health answers 503 "loading" until the model is loaded (/health/live: 200 meanwhile).
 
 Options:
   --host <addr>           address to bind (default 127.0.0.1; 0.0.0.0 exposes it to the network)
@@ -19,14 +26,25 @@ Options:
   --max-queue <n>         most requests waiting for a slot; beyond it 429 (default 256)
   --no-prompt-cache       start every request on an emptied slot (default: a slot keeps its KV cache and a
                           request sharing its prompt prefix reads only the rest; per request: cache_prompt)
-  --api-key <key>         require "Authorization: Bearer <key>"; repeat for one key per client (a request
-                          belongs to its key) (default: env SLUICE_API_KEY, else none)
+  --api-key <key>         require "Authorization: Bearer <key>" (or "x-api-key: <key>"); repeat for one key
+                          per client (a request belongs to its key) (default: env SLUICE_API_KEY, several
+                          separated by commas, else none)
+  --api-key-file <path>   more keys, one per line; blank lines and "#" comments skipped (default: none)
   --admin-api-key <key>   a key that also sees every request id in /v1/slots and may cancel any request
                           (default: env SLUICE_ADMIN_API_KEY, else none)
   --allowed-origin <url>  a web origin whose pages may call the API from a browser, besides the server's
                           own; repeatable; "*" allows all (default: none)
+  --cors-origins <urls>   web origins whose pages may call the API and read its answers (CORS; each is an
+                          allowed origin too); comma-separated or repeated; "*" allows all (default: none,
+                          only the playground's own origin)
   --allowed-host <name>   a Host name to answer besides localhost and IP addresses (DNS rebinding check);
                           ".example.com" allows subdomains; repeatable; "*" turns the check off (default: none)
+  --served-model-name <n> a model id to serve as, listed by /v1/models; repeat for aliases; responses name
+                          the requested one (default: the model file's name)
+  --strict-model-name     refuse (404) a request whose "model" is not a served name (default: any name
+                          is accepted and answered by the one model)
+  --log-level <level>     access log, one JSON line per request on stdout: trace, debug, info, warn, error,
+                          fatal or silent (default info)
   --max-body <bytes>      largest request body (default 1048576)
   --request-timeout <ms>  cancel generations running longer than this (default: none)
   --headers-timeout <ms>  most time to send a request's headers; then 408 (default 10000)
@@ -49,7 +67,11 @@ function integer(value: string | undefined, flag: string, min: number): number |
 const SERVER_FLAGS: Record<string, string> = {
   apiKey: "--api-key",
   adminApiKey: "--admin-api-key",
+  apiKeyFile: "--api-key-file",
   allowedOrigins: "--allowed-origin",
+  corsOrigins: "--cors-origins",
+  servedModelNames: "--served-model-name",
+  logLevel: "--log-level",
   allowedHosts: "--allowed-host",
   maxBodyBytes: "--max-body",
   requestTimeoutMs: "--request-timeout",
@@ -79,6 +101,11 @@ function defined<T extends object>(values: T): { [K in keyof T]: Exclude<T[K], u
   return Object.fromEntries(Object.entries(values).filter(([, v]) => v !== undefined)) as never;
 }
 
+/** Values of a repeatable flag that also takes comma-separated lists. */
+function list(values: string[] | undefined): string[] | undefined {
+  return values?.flatMap((v) => v.split(",")).map((v) => v.trim());
+}
+
 export async function serveCommand(argv: string[]): Promise<number> {
   const { values } = parseArgs({
     args: argv,
@@ -93,9 +120,14 @@ export async function serveCommand(argv: string[]): Promise<number> {
       "target-step-ms": { type: "string" },
       "max-queue": { type: "string" },
       "api-key": { type: "string", multiple: true },
+      "api-key-file": { type: "string" },
       "admin-api-key": { type: "string" },
       "allowed-origin": { type: "string", multiple: true },
+      "cors-origins": { type: "string", multiple: true },
       "allowed-host": { type: "string", multiple: true },
+      "served-model-name": { type: "string", multiple: true },
+      "strict-model-name": { type: "boolean" },
+      "log-level": { type: "string" },
       "max-body": { type: "string" },
       "request-timeout": { type: "string" },
       "headers-timeout": { type: "string" },
@@ -112,13 +144,22 @@ export async function serveCommand(argv: string[]): Promise<number> {
   }
   const host = values.host ?? "127.0.0.1";
   const port = integer(values.port, "--port", 0) ?? 8080;
-  const apiKey = values["api-key"] ?? (process.env.SLUICE_API_KEY || undefined);
+  // SLUICE_API_KEY may hold several keys: "sk-a,sk-b".
+  const envKeys = list(process.env.SLUICE_API_KEY ? [process.env.SLUICE_API_KEY] : undefined)?.filter(
+    (k) => k !== "",
+  );
+  const apiKey = values["api-key"] ?? (envKeys?.length ? envKeys : undefined);
   const serverOptions = checkFlags(
     defined({
       apiKey,
+      apiKeyFile: values["api-key-file"],
       adminApiKey: values["admin-api-key"] ?? (process.env.SLUICE_ADMIN_API_KEY || undefined),
       allowedOrigins: values["allowed-origin"],
+      corsOrigins: list(values["cors-origins"]),
       allowedHosts: values["allowed-host"],
+      servedModelNames: values["served-model-name"],
+      strictModelName: values["strict-model-name"],
+      logLevel: (values["log-level"] ?? "info") as ServerOptions["logLevel"],
       maxBodyBytes: integer(values["max-body"], "--max-body", 1),
       requestTimeoutMs: integer(values["request-timeout"], "--request-timeout", 1),
       headersTimeoutMs: integer(values["headers-timeout"], "--headers-timeout", 1),
@@ -127,66 +168,109 @@ export async function serveCommand(argv: string[]): Promise<number> {
       maxConnections: integer(values["max-connections"], "--max-connections", 1),
     }),
   );
+  const runtimeOptions = defined({
+    model: values.model,
+    slots: integer(values.slots, "--slots", 1),
+    threads: integer(values.threads, "--threads", 1),
+    contextSize: integer(values["context-size"], "--context-size", 16),
+    prefillChunkSize: integer(values["prefill-chunk"], "--prefill-chunk", 1),
+    targetStepMs: integer(values["target-step-ms"], "--target-step-ms", 1),
+    maxQueue: integer(values["max-queue"], "--max-queue", 0),
+    promptCache: values["no-prompt-cache"] === true ? false : undefined,
+  });
 
+  // The server listens before the model is loaded: health checks and clients get 503 "loading" meanwhile.
+  const loading = new AbortController();
   let lastShown = -1;
-  const runtime = await Runtime.create(
-    defined({
-      model: values.model,
-      slots: integer(values.slots, "--slots", 1),
-      threads: integer(values.threads, "--threads", 1),
-      contextSize: integer(values["context-size"], "--context-size", 16),
-      prefillChunkSize: integer(values["prefill-chunk"], "--prefill-chunk", 1),
-      targetStepMs: integer(values["target-step-ms"], "--target-step-ms", 1),
-      maxQueue: integer(values["max-queue"], "--max-queue", 0),
-      promptCache: values["no-prompt-cache"] === true ? false : undefined,
-      onLoadProgress: (p: number) => {
-        const percent = Math.floor(p * 10) * 10;
-        if (percent === lastShown) return;
-        lastShown = percent;
-        process.stderr.write(`loading model ${percent}%\n`);
-      },
-    }),
-  );
-  const server = createServer(runtime, serverOptions);
-  let address: Awaited<ReturnType<typeof server.listen>>;
+  let server: SluiceServer | undefined;
+  const runtimePromise = Runtime.create({
+    ...runtimeOptions,
+    signal: loading.signal,
+    onLoadProgress: (p: number) => {
+      server?.loadProgress(p);
+      const percent = Math.floor(p * 10) * 10;
+      if (percent === lastShown) return;
+      lastShown = percent;
+      process.stderr.write(`loading model ${percent}%\n`);
+    },
+  });
+  // Awaited below; this only keeps a failure from counting as unhandled before then.
+  runtimePromise.catch(() => {});
+  server = createServer(runtimePromise, serverOptions);
+  let address: ListenAddress;
   try {
     address = await server.listen(port, host);
   } catch (error) {
-    await runtime.close();
+    loading.abort();
+    await runtimePromise.then(
+      (runtime) => runtime.close(),
+      () => {},
+    );
     throw new SluiceError("invalid_request", `cannot listen on ${host}:${port}: ${(error as Error).message}`);
   }
-  const { info } = runtime.engine;
-  const auth = apiKey ? ` -H 'authorization: Bearer <key>'` : "";
-  process.stdout.write(
-    `sluice: serving ${server.options.modelName} (${info.slots} slots, context ${info.contextSize}) at ${address.url}\n` +
-      `  playground  ${address.url}/\n` +
-      `  try         curl -N ${address.url}/v1/completions -H 'content-type: application/json'${auth} \\\n` +
-      `                -d '{"model":"${server.options.modelName}","prompt":"Genesis 1\\n1 In the beginning","max_tokens":40,"stream":true}'\n` +
-      `  Ctrl-C stops (open streams get a final chunk); a second Ctrl-C exits at once.\n`,
+  process.stderr.write(
+    `sluice: listening at ${address.url} (/health answers "loading" until the model is ready)\n`,
   );
 
-  return new Promise<number>((resolve) => {
-    let stopping = false;
-    const onSignal = (signal: NodeJS.Signals) => {
-      if (stopping) process.exit(130);
-      stopping = true;
-      process.stderr.write(`sluice: ${signal}: finishing open streams and shutting down\n`);
-      server
-        .close({ graceful: true })
-        .then(() => runtime.close())
-        .then(
-          () => resolve(0),
-          (error: unknown) => {
-            process.stderr.write(`sluice: shutdown failed: ${(error as Error).message}\n`);
-            resolve(1);
-          },
-        )
-        .finally(() => {
-          process.off("SIGINT", onSignal);
-          process.off("SIGTERM", onSignal);
-        });
-    };
-    process.on("SIGINT", onSignal);
-    process.on("SIGTERM", onSignal);
+  // One way out, whichever comes first: a signal, or the model failing to load.
+  let stopped: Promise<number> | undefined;
+  let finish!: (code: Promise<number>) => void;
+  const done = new Promise<number>((resolve) => {
+    finish = resolve;
   });
+  const stop = (): Promise<number> => {
+    stopped ??= (async () => {
+      process.off("SIGINT", onSignal);
+      process.off("SIGTERM", onSignal);
+      process.on("SIGINT", exitNow);
+      process.on("SIGTERM", exitNow);
+      loading.abort();
+      try {
+        await server.close({ graceful: true });
+        await runtimePromise.then(
+          (runtime) => runtime.close(),
+          () => {},
+        );
+        return 0;
+      } catch (error) {
+        process.stderr.write(`sluice: shutdown failed: ${(error as Error).message}\n`);
+        return 1;
+      } finally {
+        process.off("SIGINT", exitNow);
+        process.off("SIGTERM", exitNow);
+      }
+    })();
+    finish(stopped);
+    return stopped;
+  };
+  const exitNow = () => process.exit(130);
+  const onSignal = (signal: NodeJS.Signals) => {
+    process.stderr.write(`sluice: ${signal}: finishing open streams and shutting down\n`);
+    void stop();
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+
+  let runtime: Runtime;
+  try {
+    runtime = await runtimePromise;
+  } catch (error) {
+    if (stopped !== undefined) return stopped;
+    // /health reports the failure until the server is closed; the command fails with the load error.
+    process.stderr.write(`sluice: the model failed to load: ${(error as Error).message}\n`);
+    await stop();
+    throw error;
+  }
+  if (stopped !== undefined) return stopped;
+  const { info } = runtime.engine;
+  const model = server.modelNames[0]!;
+  const auth = apiKey || serverOptions.apiKeyFile ? ` -H 'authorization: Bearer <key>'` : "";
+  process.stdout.write(
+    `sluice: serving ${model} (${info.slots} slots, context ${info.contextSize}) at ${address.url}\n` +
+      `  playground  ${address.url}/\n` +
+      `  try         curl -N ${address.url}/v1/completions -H 'content-type: application/json'${auth} \\\n` +
+      `                -d '{"model":"${model}","prompt":"Genesis 1\\n1 In the beginning","max_tokens":40,"stream":true}'\n` +
+      `  Ctrl-C stops (open streams get a final chunk); a second Ctrl-C exits at once.\n`,
+  );
+  return done;
 }

@@ -4,11 +4,14 @@ import type { Runtime } from "../runtime/Runtime.ts";
 import type { Caller } from "./auth.ts";
 import type { ChatFormatter } from "./chat.ts";
 import type { ServerMetrics } from "./metrics.ts";
+import type { Readiness } from "./Readiness.ts";
 import type { ResolvedServerOptions } from "./ServerOptions.ts";
 
 /** What every route of one server shares. */
 export interface ServerContext {
+  /** The runtime; a 503 (`model_loading`, `model_load_failed`) while there is none to answer with. */
   readonly runtime: Runtime;
+  readonly readiness: Readiness;
   readonly options: ResolvedServerOptions;
   readonly metrics: ServerMetrics;
   /**
@@ -22,6 +25,8 @@ export interface ServerContext {
   >;
   /** Created on first use: rendering chats may need the model's template. */
   chat(): ChatFormatter;
+  /** The served model names, first the main one (`servedModelNames`, else the engine's model name). */
+  modelNames(): readonly string[];
   /** True once close() began: new generations get 503. */
   readonly closing: boolean;
 }

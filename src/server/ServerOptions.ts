@@ -1,7 +1,17 @@
+import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { z } from "zod";
+import { SluiceError } from "../errors.ts";
 import { parseOptions } from "../parseOptions.ts";
-import type { Runtime } from "../runtime/Runtime.ts";
+
+/** pino's levels, quietest last. */
+export const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** Where access-log lines go: anything with `write(line)`, such as a stream. */
+export interface LogDestination {
+  write(line: string): unknown;
+}
 
 /**
  * Options of `createServer`. Every one is checked when the server is created: a wrong type, NaN, a number
@@ -10,12 +20,18 @@ import type { Runtime } from "../runtime/Runtime.ts";
  */
 export interface ServerOptions {
   /**
-   * Required as `Authorization: Bearer <key>` on every route except `/health` and the playground's static
-   * files: one key, or one per client. A request belongs to the key that created it: only that key (or
+   * Required as `Authorization: Bearer <key>` (or `x-api-key: <key>`) on every route except `/health*` and
+   * the playground's static files: one key, or one per client. A request belongs to the key that created it: only that key (or
    * `adminApiKey`) can cancel it or see its id in `/v1/slots`. Printable ASCII without spaces. Defaults to
    * none: the API is open (it binds 127.0.0.1 by default).
    */
   apiKey?: string | readonly string[];
+  /**
+   * A file of API keys, read when the server is created: one key per line, blank lines and lines starting
+   * with `#` ignored, surrounding spaces trimmed. Its keys count as `apiKey`s (after them, in file order).
+   * Defaults to none.
+   */
+  apiKeyFile?: string;
   /**
    * A key that may do everything an `apiKey` may, and also see every request id in `/v1/slots` and cancel
    * any request. Must differ from every `apiKey`. Defaults to none: nobody sees other clients' ids.
@@ -56,9 +72,18 @@ export interface ServerOptions {
   /**
    * Web origins (`https://app.example.com`, scheme, host and port only) whose pages may call this server
    * from a browser, besides the server's own pages. A browser request from any other origin gets 403.
-   * `["*"]` allows every origin. Defaults to none: only the server's own pages (the playground).
+   * `["*"]` allows every origin. Such pages may send requests but cannot read the answers (no CORS headers:
+   * see `corsOrigins`). Defaults to none: only the server's own pages (the playground).
    */
   allowedOrigins?: readonly string[];
+  /**
+   * Web origins whose pages may call this server from a browser and read its answers (CORS): they are
+   * allowed origins (see `allowedOrigins`), and get `Access-Control-Allow-Origin` on every response and
+   * answers to preflight `OPTIONS` requests (methods, the `Authorization`, `Content-Type` and `x-api-key`
+   * headers, cached 10 minutes). `["*"]` allows every origin. Defaults to none: only the server's own
+   * pages (the playground), which need no CORS.
+   */
+  corsOrigins?: readonly string[];
   /**
    * Host names, besides `localhost` and IP literals, that requests may name in their `Host` header (any
    * port); a leading dot (`.example.com`) allows the domain and its subdomains. Requests arriving on a
@@ -68,10 +93,25 @@ export interface ServerOptions {
    */
   allowedHosts?: readonly string[];
   /**
-   * The model id served (`/v1/models`, the `model` field of requests and responses). Defaults to the
-   * engine's model name.
+   * The model ids served: `/v1/models` lists each, and a response names the requested one (or the first,
+   * when the request names none). Several names are aliases of the one model. Defaults to the engine's
+   * model name.
    */
+  servedModelNames?: readonly string[];
+  /** One served name: the same as `servedModelNames: [modelName]`; not with `servedModelNames`. */
   modelName?: string;
+  /**
+   * Refuse (404 `model_not_found`) a request whose `model` is not one of `servedModelNames`. Defaults to
+   * false: one model is served, so any `model` is accepted (as llama-server does) and answered by it.
+   */
+  strictModelName?: boolean;
+  /**
+   * Access log: one JSON line per request (pino) at `info`; `silent` turns it off. Defaults to `silent`
+   * (the library does not write to stdout unless asked; `sluice serve` defaults to `info`).
+   */
+  logLevel?: LogLevel;
+  /** Where log lines are written. Defaults to stdout. */
+  logDestination?: LogDestination;
   /** A Jinja chat template to use instead of the GGUF's `tokenizer.chat_template`. Defaults to the model's own. */
   chatTemplate?: string;
   /** Folder served at `/` and `/web/*` (the playground). Defaults to the package's `web/` folder. */
@@ -89,13 +129,19 @@ export interface ResolvedServerOptions {
   bodyTimeoutMs: number;
   idleTimeoutMs: number;
   maxConnections: number;
-  /** Normalized origins (`new URL(o).origin`), or `["*"]`. */
+  /** Normalized origins (`new URL(o).origin`), or `["*"]`; includes `corsOrigins`. */
   allowedOrigins: readonly string[];
+  /** Normalized origins, or `["*"]`. */
+  corsOrigins: readonly string[];
   /** Lower-cased names, or `["*"]`. */
   allowedHosts: readonly string[];
-  modelName: string;
+  /** Empty: the engine's model name, once the model is loaded. */
+  servedModelNames: readonly string[];
+  strictModelName: boolean;
   chatTemplate: string | undefined;
   webRoot: string;
+  logLevel: LogLevel;
+  logDestination: LogDestination | undefined;
 }
 
 const DEFAULT_WEB_ROOT = fileURLToPath(new URL("../../web/", import.meta.url));
@@ -158,6 +204,7 @@ const schema = z
         )
         .optional(),
       adminApiKey: key.optional(),
+      apiKeyFile: text.optional(),
       maxBodyBytes: count("bytes").optional(),
       requestTimeoutMs: milliseconds.optional(),
       keepAliveMs: milliseconds.optional(),
@@ -166,14 +213,38 @@ const schema = z
       idleTimeoutMs: milliseconds.optional(),
       maxConnections: count("connections").optional(),
       allowedOrigins: z.array(origin, { error: "must be an array of origins" }).optional(),
+      corsOrigins: z.array(origin, { error: "must be an array of origins" }).optional(),
       allowedHosts: z.array(hostName, { error: "must be an array of host names" }).optional(),
+      servedModelNames: z
+        .array(text, { error: "must be an array of model names" })
+        .min(1, { error: "is an empty list; leave it out to use the model's own name" })
+        .refine((names) => new Set(names).size === names.length, { error: "lists a name twice" })
+        .optional(),
       modelName: text.optional(),
+      strictModelName: z.boolean({ error: "must be true or false" }).optional(),
+      logLevel: z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(", ")}` }).optional(),
+      logDestination: z
+        .custom<LogDestination>(
+          (value) =>
+            typeof value === "object" &&
+            value !== null &&
+            typeof (value as { write?: unknown }).write === "function",
+          { error: "must have a write(line) method, like a stream" },
+        )
+        .optional(),
       chatTemplate: text.optional(),
       webRoot: text.optional(),
     },
     { error: "must be an object" },
   )
   .superRefine((options, context) => {
+    if (options.modelName !== undefined && options.servedModelNames !== undefined) {
+      context.addIssue({
+        code: "custom",
+        path: ["modelName"],
+        message: "is one served name: give servedModelNames alone (its first entry is the main name)",
+      });
+    }
     if (options.adminApiKey !== undefined && options.apiKey?.includes(options.adminApiKey)) {
       context.addIssue({
         code: "custom",
@@ -201,17 +272,34 @@ const schema = z
 
 /**
  * Checks every option (see `ServerOptions`) without a runtime, so that a command line can fail before it
- * loads a model; one `apiKey` comes back as a list of one. Throws `SluiceError` `invalid_option`.
+ * loads a model (`apiKeyFile` is read too); one `apiKey` comes back as a list of one. Throws `SluiceError` `invalid_option`.
  */
 export function checkServerOptions(options: unknown): ServerOptions {
-  return parseOptions(schema, options, "createServer");
+  const checked = parseOptions(schema, options, "createServer");
+  if (checked.apiKeyFile !== undefined) readKeyFile(checked.apiKeyFile);
+  return checked;
 }
 
-/** Checks every option (see `ServerOptions`) and applies the defaults. Throws `invalid_option`. */
-export function resolveServerOptions(runtime: Runtime, options: unknown): ResolvedServerOptions {
+/**
+ * Checks every option (see `ServerOptions`), reads `apiKeyFile` and applies the defaults. Throws
+ * `invalid_option`.
+ */
+export function resolveServerOptions(options: unknown): ResolvedServerOptions {
   const o = parseOptions(schema, options, "createServer");
+  const origins = (list: readonly string[] | undefined) =>
+    list?.includes("*") ? ["*"] : (list ?? []).map(normalizeOrigin);
+  const corsOrigins = origins(o.corsOrigins);
+  const allowedOrigins = origins(o.allowedOrigins);
+  const keys = [...(o.apiKey ?? []), ...(o.apiKeyFile === undefined ? [] : readKeyFile(o.apiKeyFile))];
+  if (o.adminApiKey !== undefined && keys.includes(o.adminApiKey)) {
+    throw new SluiceError(
+      "invalid_option",
+      "createServer: apiKeyFile holds the adminApiKey; it must differ from every API key.",
+      { param: "apiKeyFile" },
+    );
+  }
   return {
-    apiKeys: o.apiKey ?? [],
+    apiKeys: [...new Set(keys)],
     adminApiKey: o.adminApiKey,
     maxBodyBytes: o.maxBodyBytes ?? DEFAULTS.maxBodyBytes,
     requestTimeoutMs: o.requestTimeoutMs,
@@ -220,12 +308,56 @@ export function resolveServerOptions(runtime: Runtime, options: unknown): Resolv
     bodyTimeoutMs: o.bodyTimeoutMs ?? DEFAULTS.bodyTimeoutMs,
     idleTimeoutMs: o.idleTimeoutMs ?? DEFAULTS.idleTimeoutMs,
     maxConnections: o.maxConnections ?? DEFAULTS.maxConnections,
-    allowedOrigins: o.allowedOrigins?.includes("*") ? ["*"] : (o.allowedOrigins ?? []).map(normalizeOrigin),
+    // A page that may read the answers may send the requests.
+    allowedOrigins:
+      allowedOrigins[0] === "*" || corsOrigins[0] === "*"
+        ? ["*"]
+        : [...new Set([...allowedOrigins, ...corsOrigins])],
+    corsOrigins,
     allowedHosts: o.allowedHosts?.includes("*") ? ["*"] : (o.allowedHosts ?? []).map((h) => h.toLowerCase()),
-    modelName: o.modelName ?? runtime.engine.info.model,
+    servedModelNames: o.servedModelNames ?? (o.modelName === undefined ? [] : [o.modelName]),
+    strictModelName: o.strictModelName ?? false,
     chatTemplate: o.chatTemplate,
     webRoot: o.webRoot ?? DEFAULT_WEB_ROOT,
+    logLevel: o.logLevel ?? "silent",
+    logDestination: o.logDestination,
   };
+}
+
+/** The keys of a key file: one per line; blank lines and `#` comments skipped. */
+export function readKeyFile(path: string): string[] {
+  let content: string;
+  try {
+    content = readFileSync(path, "utf8");
+  } catch (error) {
+    throw new SluiceError(
+      "invalid_option",
+      `createServer: apiKeyFile cannot be read (${(error as Error).message}); give a readable file of keys, one per line.`,
+      { param: "apiKeyFile", cause: error },
+    );
+  }
+  const keys: string[] = [];
+  content.split(/\r?\n/).forEach((raw, index) => {
+    const line = raw.trim();
+    if (line === "" || line.startsWith("#")) return;
+    if (!key.safeParse(line).success) {
+      // The key itself is never shown: it may be a real one with a typo.
+      throw new SluiceError(
+        "invalid_option",
+        `createServer: apiKeyFile line ${index + 1} is not a key: keys are printable ASCII without spaces.`,
+        { param: "apiKeyFile" },
+      );
+    }
+    keys.push(line);
+  });
+  if (keys.length === 0) {
+    throw new SluiceError(
+      "invalid_option",
+      `createServer: apiKeyFile ${JSON.stringify(path)} holds no key; put one key per line.`,
+      { param: "apiKeyFile" },
+    );
+  }
+  return keys;
 }
 
 function isOrigin(value: string): boolean {

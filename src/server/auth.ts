@@ -30,24 +30,22 @@ export class ApiKeys {
   }
 
   /**
-   * The caller of `req` from `Authorization: Bearer <key>`. With no key configured at all the header is
-   * ignored. Otherwise a key that is sent must be a configured one, and a missing key is refused when
+   * The caller of `req` from `Authorization: Bearer <key>`, or else `x-api-key: <key>` (Anthropic's header,
+   * which some clients send). With no key configured at all the headers are ignored. Otherwise a key that is sent must be a configured one, and a missing key is refused when
    * `required` (and `mandatory` for the route): 401 in OpenAI's shape.
    */
   authenticate(req: IncomingMessage, mandatory: boolean): Caller {
     if (this.#keys.length === 0 && this.#admin === undefined) return ANONYMOUS;
-    const header = req.headers.authorization;
-    if (header === undefined) {
+    const sent = keyOf(req);
+    if (sent === undefined) {
       if (mandatory && this.required) {
-        throw unauthorized("Missing API key: send it as the header 'Authorization: Bearer <key>'.");
+        throw unauthorized(
+          "Missing API key: send it as the header 'Authorization: Bearer <key>' (or 'x-api-key: <key>').",
+        );
       }
       return ANONYMOUS;
     }
-    const match = /^Bearer\s+(.+)$/i.exec(header.trim());
-    if (match === null) {
-      throw unauthorized("Malformed Authorization header: send the key as 'Authorization: Bearer <key>'.");
-    }
-    const given = digest(match[1]!);
+    const given = digest(sent);
     // Every key is compared, so the time taken does not tell which one (if any) matched.
     let found: Caller | undefined;
     if (this.#admin !== undefined && timingSafeEqual(given, this.#admin))
@@ -58,6 +56,21 @@ export class ApiKeys {
     if (found === undefined) throw unauthorized("Incorrect API key provided.");
     return found;
   }
+}
+
+/** The key a request sends, if any; Authorization wins over x-api-key. */
+function keyOf(req: IncomingMessage): string | undefined {
+  const header = req.headers.authorization;
+  if (header !== undefined) {
+    const match = /^Bearer\s+(.+)$/i.exec(header.trim());
+    if (match === null) {
+      throw unauthorized("Malformed Authorization header: send the key as 'Authorization: Bearer <key>'.");
+    }
+    return match[1]!;
+  }
+  const apiKey = req.headers["x-api-key"];
+  // Node joins repeated x-api-key headers with ", ": no key contains a space, so that never matches.
+  return typeof apiKey === "string" ? apiKey.trim() : undefined;
 }
 
 /** Whether `caller` may act on (cancel, see the id of) a request created by `owner`. */

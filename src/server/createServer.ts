@@ -5,26 +5,25 @@ import {
   type ServerResponse,
 } from "node:http";
 import type { AddressInfo } from "node:net";
+import type { Logger } from "pino";
 import type { Runtime } from "../runtime/Runtime.ts";
+import { type AccessRecord, createLogger, logAccess } from "./accessLog.ts";
 import { ANONYMOUS, ApiKeys } from "./auth.ts";
 import { bodyPending, ClientGone, sendErrorUnread } from "./body.ts";
 import { type ChatFormatter, createChatFormatter } from "./chat.ts";
 import { ConnectionGuard } from "./connections.ts";
+import { createCors } from "./cors.ts";
 import { checkHost } from "./host.ts";
 import { HttpError, sendError, toHttpError, tooManyConnections } from "./httpErrors.ts";
 import { ServerMetrics } from "./metrics.ts";
 import { checkOrigin } from "./origin.ts";
+import { Readiness } from "./Readiness.ts";
 import { parseRequestTarget } from "./requestTarget.ts";
 import { Router } from "./router.ts";
 import { chatCompletionsRoute, completionsRoute } from "./routes/generation.ts";
-import {
-  cancelRoute,
-  healthRoute,
-  metricsRoute,
-  modelRoute,
-  modelsRoute,
-  slotsRoute,
-} from "./routes/info.ts";
+import { healthRoute, liveRoute } from "./routes/health.ts";
+import { cancelRoute, metricsRoute, modelRoute, modelsRoute, slotsRoute } from "./routes/info.ts";
+import { applyTemplateRoute, detokenizeRoute, tokenizeRoute } from "./routes/tokenizer.ts";
 import { indexRoute, webRoute } from "./routes/web.ts";
 import type { ServerContext } from "./ServerContext.ts";
 import { type ResolvedServerOptions, resolveServerOptions, type ServerOptions } from "./ServerOptions.ts";
@@ -43,38 +42,56 @@ export interface ListenAddress {
   url: string;
 }
 
-/** The OpenAI-compatible HTTP server over one runtime. The runtime stays the caller's to close. */
+/**
+ * The OpenAI-compatible HTTP server over one runtime, which may still be loading: until it is ready,
+ * `/health` answers 503 `loading` and the routes that need the model 503 `model_loading`. The runtime
+ * stays the caller's to close.
+ */
 export class SluiceServer {
   /** The underlying node:http server. */
   readonly http: Server;
   readonly #context: ServerContext;
+  readonly #readiness: Readiness;
   readonly #router: Router;
   readonly #keys: ApiKeys;
   readonly #connections: ConnectionGuard;
+  readonly #cors: ReturnType<typeof createCors>;
+  readonly #logger: Logger;
   /** Every request being handled, so close() can wait for all of them. */
   readonly #inflight = new Set<Promise<void>>();
   #closing = false;
   #closed: Promise<void> | undefined;
 
-  constructor(runtime: Runtime, options: ServerOptions = {}) {
-    const resolved = resolveServerOptions(runtime, options);
+  constructor(runtime: Runtime | Promise<Runtime>, options: ServerOptions = {}) {
+    const resolved = resolveServerOptions(options);
     const server = this;
+    const readiness = new Readiness(runtime);
+    this.#readiness = readiness;
     let chat: ChatFormatter | undefined;
     this.#context = {
-      runtime,
+      get runtime() {
+        return readiness.runtime;
+      },
+      readiness,
       options: resolved,
-      metrics: new ServerMetrics(),
+      metrics: new ServerMetrics(() => readiness.current),
       generations: new Map(),
       chat: () => {
-        chat ??= createChatFormatter(runtime.engine, resolved.chatTemplate);
+        chat ??= createChatFormatter(readiness.runtime.engine, resolved.chatTemplate);
         return chat;
       },
+      modelNames: () =>
+        resolved.servedModelNames.length > 0
+          ? resolved.servedModelNames
+          : [readiness.runtime.engine.info.model],
       get closing() {
         return server.#closing;
       },
     };
     this.#router = routes(this.#context);
     this.#keys = new ApiKeys(resolved.apiKeys, resolved.adminApiKey);
+    this.#cors = createCors(resolved.corsOrigins);
+    this.#logger = createLogger(resolved.logLevel, resolved.logDestination);
     this.http = createHttpServer(
       {
         noDelay: true,
@@ -109,6 +126,16 @@ export class SluiceServer {
 
   get options(): Readonly<ResolvedServerOptions> {
     return this.#context.options;
+  }
+
+  /** The served model names, the main one first; throws until the model is loaded when none were given. */
+  get modelNames(): readonly string[] {
+    return this.#context.modelNames();
+  }
+
+  /** Reports the model's load progress (0..1) for `/health` while the runtime is loading. */
+  loadProgress(fraction: number): void {
+    this.#readiness.progress(fraction);
   }
 
   /** Starts listening. Defaults: port 8080, host 127.0.0.1 (never all interfaces unless asked). */
@@ -162,15 +189,30 @@ export class SluiceServer {
 
   async #handle(req: IncomingMessage, res: ServerResponse, refusal: HttpError | undefined): Promise<void> {
     let label = "unmatched";
-    res.once("close", () => this.#context.metrics.countHttp(label, res.statusCode));
+    const access: AccessRecord = {};
+    const started = performance.now();
+    res.once("close", () => {
+      this.#context.metrics.countHttp(label, res.statusCode);
+      if (!this.#logger.isLevelEnabled("info")) return;
+      const durationMs = Math.round((performance.now() - started) * 1000) / 1000;
+      const entry = { method: req.method ?? "", route: label, status: res.statusCode, durationMs };
+      logAccess(this.#logger, { ...entry, aborted: !res.writableFinished }, access);
+    });
     // Keep-alive connections must not outlive a shutdown.
     if (this.#closing) res.setHeader("Connection", "close");
     try {
+      // First, so that every answer to an allowed page (errors too) carries its CORS headers.
+      const preflight = await this.#cors(req, res);
       if (refusal !== undefined) throw refusal;
       if (this.#connections.isExcess(req.socket)) throw tooManyConnections(this.options.maxConnections);
       const target = parseRequestTarget(req.url);
       const { allowedHosts, allowedOrigins } = this.#context.options;
       checkOrigin(req, checkHost(req, target, allowedHosts), allowedOrigins);
+      if (preflight) {
+        label = "preflight";
+        res.writeHead(204, { "Content-Length": "0" }).end();
+        return;
+      }
       const { url } = target;
       const match = this.#router.match(req.method ?? "GET", url.pathname);
       if (match.kind === "none") {
@@ -189,7 +231,9 @@ export class SluiceServer {
       const { route, params } = match;
       label = route.pattern;
       const caller = route.auth ? this.#keys.authenticate(req, true) : ANONYMOUS;
-      await route.handler({ req, res, url, params, caller });
+      // Before the body is read: a request the model cannot answer yet is refused at once.
+      if (route.model) void this.#context.runtime;
+      await route.handler({ req, res, url, params, caller, access });
     } catch (error) {
       if (error instanceof ClientGone) {
         res.destroy();
@@ -222,13 +266,23 @@ function routes(server: ServerContext): Router {
     .add("GET", "/v1/models/:model", modelRoute(server))
     .add("GET", "/v1/slots", slotsRoute(server))
     .add("DELETE", "/v1/requests/:id", cancelRoute(server))
-    .add("GET", "/metrics", metricsRoute(server))
-    .add("GET", "/health", healthRoute(server), { auth: false })
-    .add("GET", "/", indexRoute(server), { auth: false })
-    .add("GET", "/web/*", webRoute(server), { auth: false });
+    .add("POST", "/tokenize", tokenizeRoute(server))
+    .add("POST", "/detokenize", detokenizeRoute(server))
+    .add("POST", "/apply-template", applyTemplateRoute(server))
+    .add("GET", "/metrics", metricsRoute(server), { model: false })
+    .add("GET", "/health", healthRoute(server), { auth: false, model: false })
+    .add("GET", "/health/ready", healthRoute(server), { auth: false, model: false })
+    .add("GET", "/health/live", liveRoute(server), { auth: false, model: false })
+    .add("GET", "/", indexRoute(server), { auth: false, model: false })
+    .add("GET", "/web/*", webRoute(server), { auth: false, model: false });
 }
 
-/** An OpenAI-compatible HTTP server over `runtime` (see src/server/README.md). Call `listen()` to start. */
-export function createServer(runtime: Runtime, options: ServerOptions = {}): SluiceServer {
+/**
+ * An OpenAI-compatible HTTP server over `runtime` (see src/server/README.md). Call `listen()` to start.
+ * `runtime` may be a promise (`Runtime.create(...)` not awaited): the server then listens at once and
+ * answers 503 until the model is loaded (report progress with `loadProgress`); a rejected promise leaves
+ * it answering 503 with the error.
+ */
+export function createServer(runtime: Runtime | Promise<Runtime>, options: ServerOptions = {}): SluiceServer {
   return new SluiceServer(runtime, options);
 }

@@ -1,120 +1,197 @@
+import { Counter, collectDefaultMetrics, Gauge, type Metric, Registry } from "prom-client";
 import type { Histogram } from "../runtime/Histogram.ts";
 import type { Runtime } from "../runtime/Runtime.ts";
+import type { RuntimeStats } from "../runtime/RuntimeStats.ts";
+
+let processRegistry: Registry | undefined;
 
 /**
- * What the server measures itself (HTTP traffic, open streams); everything else on /metrics, token and
- * latency figures included, is the runtime's stats, read when scraped.
+ * Process metrics (CPU, memory, event-loop lag, GC, handles) collected once per process: the collectors
+ * watch the process, not a server, and start observers that are never stopped, so every server shares
+ * them rather than adding a set each.
+ */
+function processMetrics(): Metric[] {
+  if (processRegistry === undefined) {
+    processRegistry = new Registry();
+    collectDefaultMetrics({ register: processRegistry });
+  }
+  return processRegistry.getMetricsAsArray() as unknown as Metric[];
+}
+
+/**
+ * /metrics through prom-client: the process's default metrics, the runtime's stats read at scrape time
+ * (nothing is counted twice: the runtime owns its figures), and what the server measures itself (HTTP
+ * traffic, open streams). Before the runtime is ready its metrics are absent.
  */
 export class ServerMetrics {
-  /** `route status` → count. */
-  readonly #http = new Map<string, number>();
-  /** SSE responses currently open. */
-  streamsOpen = 0;
+  readonly registry = new Registry();
+  readonly #http: Counter<"route" | "status">;
+  readonly #streams: Gauge;
 
-  countHttp(route: string, status: number): void {
-    const key = `${route} ${status}`;
-    this.#http.set(key, (this.#http.get(key) ?? 0) + 1);
-  }
-
-  /** Prometheus text exposition format, version 0.0.4. */
-  render(runtime: Runtime): string {
-    const { stats } = runtime;
-    const load = runtime.load;
-    const out: string[] = [];
-    const metric = (name: string, type: string, help: string) => {
-      out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
-    };
-    const single = (name: string, type: string, help: string, value: number) => {
-      metric(name, type, help);
-      out.push(`${name} ${value}`);
-    };
-    const histogram = (name: string, help: string, h: Histogram) => {
-      metric(name, "histogram", help);
-      h.bounds.forEach((bound, i) => {
-        out.push(`${name}_bucket{le="${bound}"} ${h.counts[i]}`);
+  constructor(runtime: () => Runtime | undefined) {
+    for (const metric of processMetrics()) this.registry.registerMetric(metric);
+    const registers = [this.registry];
+    const stats = () => runtime()?.stats;
+    const counter = (name: string, help: string, read: (s: RuntimeStats) => number) =>
+      new Counter({
+        name,
+        help,
+        registers,
+        collect() {
+          this.reset();
+          const s = stats();
+          if (s !== undefined) this.inc(read(s));
+        },
       });
-      out.push(`${name}_bucket{le="+Inf"} ${h.count}`, `${name}_sum ${h.sum}`, `${name}_count ${h.count}`);
-    };
+    const gauge = (name: string, help: string, read: (r: Runtime) => number) =>
+      new Gauge({
+        name,
+        help,
+        registers,
+        collect() {
+          const r = runtime();
+          if (r !== undefined) this.set(read(r));
+          else this.reset();
+        },
+      });
+    const histogram = (name: string, help: string, read: (s: RuntimeStats) => Histogram) =>
+      this.registry.registerMetric(
+        new StatsHistogram(name, help, () => {
+          const s = stats();
+          return s === undefined ? undefined : read(s);
+        }) as unknown as Metric,
+      );
 
-    metric("sluice_requests_total", "counter", "Finished generations by finish reason.");
-    for (const [reason, count] of Object.entries(stats.finishedBy)) {
-      out.push(`sluice_requests_total{reason="${reason}"} ${count}`);
-    }
-    single("sluice_requests_submitted_total", "counter", "Generations accepted.", stats.submitted);
-    single("sluice_requests_active", "gauge", "Generations holding a slot.", load.active);
-    single("sluice_requests_queued", "gauge", "Generations waiting for a slot.", load.queued);
-    single("sluice_slots_total", "gauge", "Engine slots.", load.slots);
-    single(
+    new Counter({
+      name: "sluice_requests_total",
+      help: "Finished generations by finish reason.",
+      labelNames: ["reason"],
+      registers,
+      collect() {
+        this.reset();
+        for (const [reason, count] of Object.entries(stats()?.finishedBy ?? {})) this.inc({ reason }, count);
+      },
+    });
+    counter("sluice_requests_submitted_total", "Generations accepted.", (s) => s.submitted);
+    gauge("sluice_requests_active", "Generations holding a slot.", (r) => r.load.active);
+    gauge("sluice_requests_queued", "Generations waiting for a slot.", (r) => r.load.queued);
+    gauge("sluice_slots_total", "Engine slots.", (r) => r.load.slots);
+    gauge(
       "sluice_slots_busy",
-      "gauge",
       "Slots held by a request, including one finished but not yet freed.",
-      load.busySlots,
+      (r) => r.load.busySlots,
     );
-    single("sluice_tokens_generated_total", "counter", "Completion tokens generated.", stats.tokensGenerated);
-    single(
+    counter("sluice_tokens_generated_total", "Completion tokens generated.", (s) => s.tokensGenerated);
+    counter(
       "sluice_prompt_tokens_total",
-      "counter",
       "Prompt tokens evaluated by the engine (cached prefixes not included).",
-      stats.promptTokensProcessed,
+      (s) => s.promptTokensProcessed,
     );
-    single(
+    counter(
       "sluice_prompt_cache_lookups_total",
-      "counter",
       "Requests admitted with the prompt cache on (each looks for a slot holding its prefix).",
-      stats.promptCacheLookups,
+      (s) => s.promptCacheLookups,
     );
-    single(
+    counter(
       "sluice_prompt_cache_hits_total",
-      "counter",
       "Requests that reused a cached prompt prefix.",
-      stats.promptCacheHits,
+      (s) => s.promptCacheHits,
     );
-    single(
+    gauge(
       "sluice_prompt_cache_hit_ratio",
-      "gauge",
       "Prompt cache hits over lookups since start (0 before any lookup).",
-      stats.promptCacheLookups === 0 ? 0 : stats.promptCacheHits / stats.promptCacheLookups,
+      ({ stats: s }) => (s.promptCacheLookups === 0 ? 0 : s.promptCacheHits / s.promptCacheLookups),
     );
-    single(
+    counter(
       "sluice_prompt_tokens_cached_total",
-      "counter",
       "Prompt tokens reused from the prompt cache instead of evaluated.",
-      stats.promptTokensCached,
+      (s) => s.promptTokensCached,
     );
-    single("sluice_engine_steps_total", "counter", "Batched engine steps run.", stats.steps);
-    single(
+    counter("sluice_engine_steps_total", "Batched engine steps run.", (s) => s.steps);
+    counter(
       "sluice_tokens_after_cancel_total",
-      "counter",
       "Tokens computed for requests in steps started after they were cancelled (0 by design).",
-      stats.tokensAfterCancel,
+      (s) => s.tokensAfterCancel,
     );
     histogram(
       "sluice_time_to_first_token_seconds",
       "Submission to first generated token.",
-      stats.timeToFirstTokenSeconds,
+      (s) => s.timeToFirstTokenSeconds,
     );
     histogram(
       "sluice_inter_token_latency_seconds",
       "Time between consecutive tokens of a request.",
-      stats.interTokenSeconds,
+      (s) => s.interTokenSeconds,
     );
-    histogram("sluice_step_duration_seconds", "Duration of one batched engine step.", stats.stepSeconds);
-    histogram("sluice_cancel_latency_seconds", "Cancel to slot free.", stats.cancelSeconds);
+    histogram("sluice_step_duration_seconds", "Duration of one batched engine step.", (s) => s.stepSeconds);
+    histogram("sluice_cancel_latency_seconds", "Cancel to slot free.", (s) => s.cancelSeconds);
     histogram(
       "sluice_cancel_latency_steps",
       "Engine steps completed between cancel and slot free.",
-      stats.cancelSteps,
+      (s) => s.cancelSteps,
     );
-    single("sluice_http_streams_open", "gauge", "Open SSE responses.", this.streamsOpen);
-    metric("sluice_http_requests_total", "counter", "HTTP requests by route and status.");
-    for (const [key, count] of this.#http) {
-      const [route, status] = key.split(" ");
-      out.push(`sluice_http_requests_total{route="${escapeLabel(route!)}",status="${status}"} ${count}`);
-    }
-    return `${out.join("\n")}\n`;
+    this.#streams = new Gauge({ name: "sluice_http_streams_open", help: "Open SSE responses.", registers });
+    this.#http = new Counter({
+      name: "sluice_http_requests_total",
+      help: "HTTP requests by route and status.",
+      labelNames: ["route", "status"],
+      registers,
+    });
+  }
+
+  countHttp(route: string, status: number): void {
+    this.#http.inc({ route, status: String(status) });
+  }
+
+  streamOpened(): void {
+    this.#streams.inc();
+  }
+
+  streamClosed(): void {
+    this.#streams.dec();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  /** Prometheus text exposition format, version 0.0.4. */
+  render(): Promise<string> {
+    return this.registry.metrics();
   }
 }
 
-function escapeLabel(value: string): string {
-  return value.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
+/**
+ * A histogram the runtime already keeps in fixed buckets, exposed as it stands at scrape time: prom-client's
+ * own Histogram can only observe values, so this is a collector with prom-client's `get()` contract.
+ */
+class StatsHistogram {
+  readonly type = "histogram";
+  readonly aggregator = "sum";
+
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    readonly read: () => Histogram | undefined,
+  ) {}
+
+  get() {
+    const h = this.read();
+    const values =
+      h === undefined
+        ? []
+        : [
+            ...h.bounds.map((bound, i) => ({
+              metricName: `${this.name}_bucket`,
+              labels: { le: bound },
+              value: h.counts[i]!,
+            })),
+            { metricName: `${this.name}_bucket`, labels: { le: "+Inf" }, value: h.count },
+            { metricName: `${this.name}_sum`, labels: {}, value: h.sum },
+            { metricName: `${this.name}_count`, labels: {}, value: h.count },
+          ];
+    return { name: this.name, help: this.help, type: this.type, values, aggregator: this.aggregator };
+  }
+
+  reset(): void {}
 }

@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
+import type { AccessRecord } from "./accessLog.ts";
 import type { Caller } from "./auth.ts";
 import { decodeSegment } from "./requestTarget.ts";
 
@@ -10,6 +11,8 @@ export interface RouteContext {
   params: Record<string, string>;
   /** Who is asking: the key that authenticated the request, if any, and whether it is the admin's. */
   caller: Caller;
+  /** Filled by the handler for the access log. */
+  access: AccessRecord;
 }
 
 export type Handler = (context: RouteContext) => Promise<void> | void;
@@ -20,6 +23,8 @@ export interface Route {
   pattern: string;
   /** Whether the API key (when one is set) is required. */
   auth: boolean;
+  /** Whether the route needs the model: while it loads, a 503 before anything else is done. */
+  model: boolean;
   handler: Handler;
 }
 
@@ -38,13 +43,19 @@ export type RouteMatch =
 export class Router {
   readonly #routes: CompiledRoute[] = [];
 
-  add(method: string, pattern: string, handler: Handler, options: { auth?: boolean } = {}): this {
+  add(
+    method: string,
+    pattern: string,
+    handler: Handler,
+    options: { auth?: boolean; model?: boolean } = {},
+  ): this {
     const parts = pattern.split("/").slice(1);
     const wildcard = parts.at(-1) === "*";
     this.#routes.push({
       method,
       pattern,
       auth: options.auth ?? true,
+      model: options.model ?? true,
       handler,
       segments: wildcard ? parts.slice(0, -1) : parts,
       wildcard,

@@ -105,6 +105,29 @@ export const chatRequestSchema = z.strictObject({
   ),
 });
 
+/** POST /tokenize (llama-server's fields). */
+export const tokenizeRequestSchema = z.strictObject({
+  content: z.string({ error: "must be a string" }),
+  add_special: z.boolean().nullish(),
+  parse_special: z.boolean().nullish(),
+  with_pieces: z.boolean().nullish(),
+});
+
+/** POST /detokenize */
+export const detokenizeRequestSchema = z.strictObject({
+  tokens: z.array(
+    z.number().int({ error: "must be a token id (an integer)" }).min(0, { error: "must be >= 0" }),
+    {
+      error: "must be an array of token ids",
+    },
+  ),
+});
+
+/** POST /apply-template: the messages of a chat completion request. */
+export const applyTemplateRequestSchema = z.strictObject({
+  messages: z.array(message).min(1, { error: "must hold at least one message" }),
+});
+
 export type CompletionRequestBody = z.infer<typeof completionRequestSchema>;
 export type ChatRequestBody = z.infer<typeof chatRequestSchema>;
 export type ChatMessage = ChatRequestBody["messages"][number];

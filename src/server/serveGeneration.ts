@@ -1,6 +1,7 @@
 import type { StreamChannel } from "../channel/index.ts";
 import { SluiceError } from "../errors.ts";
 import type { GenerationRequest, GenerationResult } from "../types.ts";
+import type { AccessRecord } from "./accessLog.ts";
 import { sendJson } from "./httpErrors.ts";
 import type { ResponseShape, SluiceExtension } from "./openaiShapes.ts";
 import type { RouteContext } from "./router.ts";
@@ -34,12 +35,13 @@ const RECORD_WAIT_MS = 30_000;
  */
 export async function serveGeneration(
   server: ServerContext,
-  { req, res, caller }: RouteContext,
+  { req, res, caller, access }: RouteContext,
   plan: GenerationPlan,
 ): Promise<void> {
   if (server.closing)
     throw new SluiceError("runtime_closed", "The server is shutting down; retry elsewhere.");
   const { id } = plan.request;
+  access.id = id;
   const channel = server.runtime.generate(plan.request);
   server.generations.set(id, { channel, owner: caller.key, ended: server.runtime.endRecord(id) });
   // The response's close, not the request's: the request closes as soon as its body is read.
@@ -54,8 +56,8 @@ export async function serveGeneration(
       ? undefined
       : setTimeout(() => channel.cancel(ServerCancel.deadline), requestTimeoutMs);
   try {
-    if (plan.stream) await stream(server, res, channel, plan);
-    else await respond(server, res, channel, plan);
+    if (plan.stream) await stream(server, res, channel, plan, access);
+    else await respond(server, res, channel, plan, access);
   } finally {
     clearTimeout(deadline);
     res.off("close", onClose);
@@ -68,10 +70,11 @@ async function stream(
   res: RouteContext["res"],
   channel: StreamChannel,
   plan: GenerationPlan,
+  access: AccessRecord,
 ): Promise<void> {
   const { shape } = plan;
   const sse = new SseWriter(res, server.options.keepAliveMs, { "X-Request-Id": plan.request.id });
-  server.metrics.streamsOpen++;
+  server.metrics.streamOpened();
   try {
     const opening = shape.opening();
     if (opening !== undefined) sse.data(opening);
@@ -82,8 +85,9 @@ async function stream(
       if (!sse.data(shape.delta(chunk.text))) await sse.writable();
     }
     const result = await channel.result;
+    record(access, result);
     if (!sse.open) return;
-    const extension = await extensionOf(server, result);
+    const extension = await extensionOf(server, result, access);
     if (!sse.open) return;
     sse.data(shape.finish(result, extension));
     if (plan.includeUsage) sse.data(shape.usage(result));
@@ -101,7 +105,7 @@ async function stream(
     sse.end();
   } finally {
     sse.dispose();
-    server.metrics.streamsOpen--;
+    server.metrics.streamClosed();
   }
 }
 
@@ -110,10 +114,12 @@ async function respond(
   res: RouteContext["res"],
   channel: StreamChannel,
   plan: GenerationPlan,
+  access: AccessRecord,
 ): Promise<void> {
   const result = await channel.result;
+  record(access, result);
   if (res.destroyed) return;
-  const extension = await extensionOf(server, result);
+  const extension = await extensionOf(server, result, access);
   if (res.destroyed) return;
   const headers = { "X-Request-Id": plan.request.id };
   if (result.reason === "error") {
@@ -137,7 +143,11 @@ async function respond(
 }
 
 /** For a cancel, waits for the slot to be free so the client learns the measured cancel latency. */
-async function extensionOf(server: ServerContext, result: GenerationResult): Promise<SluiceExtension> {
+async function extensionOf(
+  server: ServerContext,
+  result: GenerationResult,
+  access: AccessRecord,
+): Promise<SluiceExtension> {
   const extension: SluiceExtension = {
     reason: result.reason,
     ...(result.stop !== undefined ? { stop: result.stop } : {}),
@@ -147,6 +157,7 @@ async function extensionOf(server: ServerContext, result: GenerationResult): Pro
   const ended = server.generations.get(result.id)?.ended;
   const cancel = ended === undefined ? undefined : (await withinMs(ended, RECORD_WAIT_MS))?.cancel;
   if (cancel !== undefined) {
+    access.cancelMs = cancel.msToFree;
     extension.cancel = {
       stepsToFree: cancel.stepsToFree,
       msToFree: cancel.msToFree,
@@ -154,6 +165,15 @@ async function extensionOf(server: ServerContext, result: GenerationResult): Pro
     };
   }
   return extension;
+}
+
+/** The request's figures for the access log. */
+function record(access: AccessRecord, result: GenerationResult): void {
+  access.promptTokens = result.usage.promptTokens;
+  access.completionTokens = result.usage.completionTokens;
+  access.cachedTokens = result.usage.cachedTokens;
+  if (result.usage.completionTokens > 0) access.ttftMs = result.timings.firstTokenMs;
+  access.finishReason = result.reason;
 }
 
 /** The promise's value, or undefined when it takes longer than `ms` (a bound, never a wait for its own sake). */

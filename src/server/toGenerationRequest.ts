@@ -1,5 +1,6 @@
 import type { GenerationRequest } from "../types.ts";
 import { HttpError } from "./httpErrors.ts";
+import type { ServerContext } from "./ServerContext.ts";
 import type { ChatRequestBody, CompletionRequestBody } from "./schemas.ts";
 
 /**
@@ -22,14 +23,21 @@ export function samplingOf(body: CompletionRequestBody | ChatRequestBody): Omit<
   return request;
 }
 
-/** The one model this server runs; `model` may be left out. */
-export function checkModel(requested: string | undefined, served: string): void {
-  if (requested === undefined || requested === served) return;
+/**
+ * The model name a response gives for a request's `model`: the requested one when it is served or when any
+ * name is accepted (one model is served, so a client's name stands for it; echoing it back keeps clients
+ * that compare the two happy), the main served name when the request names none. With `strictModelName`,
+ * a name that is not served is a 404.
+ */
+export function checkModel(server: ServerContext, requested: string | undefined): string {
+  const names = server.modelNames();
+  if (requested === undefined) return names[0]!;
+  if (!server.options.strictModelName || names.includes(requested)) return requested;
   throw new HttpError(
     404,
     "invalid_request_error",
     "model_not_found",
-    `The model ${JSON.stringify(requested)} does not exist on this server; it serves ${JSON.stringify(served)} (see GET /v1/models).`,
+    `The model ${JSON.stringify(requested)} does not exist on this server; it serves ${names.map((n) => JSON.stringify(n)).join(", ")} (see GET /v1/models).`,
     "model",
   );
 }

@@ -224,7 +224,8 @@ function assertErrorShape(json: SseEvent, code: string): void {
 describe("malformed requests get 4xx in OpenAI's error shape; the server keeps serving", () => {
   before(async () => {
     runtime = await Runtime.create({ slots: 4, contextSize: 512, threads: 1 });
-    served = await serve(runtime, { maxBodyBytes: 64 * 1024 });
+    // Strict names: an unknown model is one of the corpus's 404s.
+    served = await serve(runtime, { maxBodyBytes: 64 * 1024, strictModelName: true });
   });
   after(async () => {
     await served.server.close();

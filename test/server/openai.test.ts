@@ -17,7 +17,7 @@ describe("the official openai client (v6) against the server", () => {
   before(async () => {
     runtime = await Runtime.create({ slots: 4, contextSize: 512, threads: 1 });
     ends = new Ends(runtime);
-    served = await serve(runtime, { apiKey: "sk-local" });
+    served = await serve(runtime, { apiKey: "sk-local", strictModelName: true });
     client = new OpenAI({ baseURL: `${served.url}/v1`, apiKey: "sk-local", maxRetries: 0 });
   });
   after(async () => {

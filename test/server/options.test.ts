@@ -1,4 +1,7 @@
 import assert from "node:assert/strict";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { inspect } from "node:util";
 import fc from "fast-check";
@@ -23,10 +26,11 @@ const MILLISECONDS = [
   "idleTimeoutMs",
 ];
 const COUNTS = ["maxBodyBytes", "maxConnections"];
-const TEXTS = ["modelName", "chatTemplate", "webRoot"];
+const TEXTS = ["modelName", "chatTemplate", "webRoot", "apiKeyFile"];
 const KEYS = ["apiKey", "adminApiKey"];
-const LISTS = ["allowedOrigins", "allowedHosts"];
-const ALL = [...MILLISECONDS, ...COUNTS, ...TEXTS, ...KEYS, ...LISTS];
+const LISTS = ["allowedOrigins", "allowedHosts", "corsOrigins", "servedModelNames"];
+const OTHERS = ["strictModelName", "logLevel", "logDestination"];
+const ALL = [...MILLISECONDS, ...COUNTS, ...TEXTS, ...KEYS, ...LISTS, ...OTHERS];
 
 /** Values of every JavaScript type. */
 const anything = fc.oneof(
@@ -263,8 +267,73 @@ describe("createServer options: every wrong value refused with a message that sa
     await server.close();
   });
 
+  test("servedModelNames, strictModelName, corsOrigins, logLevel, logDestination", () => {
+    assertRefused({ servedModelNames: [] }, "servedModelNames", /empty list/);
+    assertRefused(
+      { servedModelNames: ["a", " "] },
+      "servedModelNames",
+      /servedModelNames\.1 must not be empty/,
+    );
+    assertRefused({ servedModelNames: ["a", "a"] }, "servedModelNames", /lists a name twice/);
+    assertRefused({ servedModelNames: ["a"], modelName: "b" }, "modelName", /give servedModelNames alone/);
+    assertRefused({ strictModelName: "yes" }, "strictModelName", /must be true or false/);
+    assertRefused(
+      { corsOrigins: ["https://ok.example", "https://x.example/app"] },
+      "corsOrigins",
+      /must be an origin/,
+    );
+    assertRefused(
+      { logLevel: "verbose" },
+      "logLevel",
+      /must be one of trace, debug, info, warn, error, fatal, silent/,
+    );
+    assertRefused({ logDestination: {} }, "logDestination", /write\(line\) method/);
+    const server = createServer(runtime, {
+      servedModelNames: ["gpt-4o-mini", "local"],
+      allowedOrigins: ["https://a.example"],
+      corsOrigins: ["HTTPS://B.example:443"],
+    });
+    assert.deepEqual(server.options.servedModelNames, ["gpt-4o-mini", "local"]);
+    assert.deepEqual(server.modelNames, ["gpt-4o-mini", "local"]);
+    assert.equal(server.options.strictModelName, false);
+    assert.equal(server.options.logLevel, "silent");
+    assert.deepEqual(server.options.corsOrigins, ["https://b.example"]);
+    // A page that may read the answers may send the requests.
+    assert.deepEqual(server.options.allowedOrigins, ["https://a.example", "https://b.example"]);
+    assert.deepEqual(createServer(runtime, { corsOrigins: ["*"] }).options.allowedOrigins, ["*"]);
+    // Without names the model's own is served.
+    assert.deepEqual(createServer(runtime).modelNames, [runtime.engine.info.model]);
+  });
+
+  test("apiKeyFile: one key per line, comments and blank lines skipped; unreadable, empty or bad files refused", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "sluice-keys-"));
+    try {
+      const file = join(dir, "keys");
+      await writeFile(file, "# clients\nsk-a\n\n  sk-b  \r\n# old: sk-c\nsk-a\n");
+      const server = createServer(runtime, { apiKey: "sk-x", apiKeyFile: file });
+      assert.deepEqual(server.options.apiKeys, ["sk-x", "sk-a", "sk-b"]);
+      assertRefused({ apiKeyFile: join(dir, "missing") }, "apiKeyFile", /cannot be read/);
+      await writeFile(file, "# nothing\n\n");
+      assertRefused({ apiKeyFile: file }, "apiKeyFile", /holds no key/);
+      await writeFile(file, "sk-a\nsk-secret with space\n");
+      const bad = assertRefused({ apiKeyFile: file }, "apiKeyFile", /line 2 is not a key/);
+      assert.ok(!bad.message.includes("sk-secret"), bad.message);
+      await writeFile(file, "sk-admin\n");
+      assertRefused({ apiKeyFile: file, adminApiKey: "sk-admin" }, "apiKeyFile", /must differ/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   test("sluice serve: a wrong flag is named as the flag, before any model is loaded", async () => {
     for (const [argv, message] of [
+      [
+        ["--cors-origins", "https://ok.example,https://x.example/app"],
+        /^--cors-origins\.1 must be an origin|^--cors-origins must be an origin/,
+      ],
+      [["--log-level", "loud"], /^--log-level must be one of/],
+      [["--served-model-name", " "], /^--served-model-name/],
+      [["--api-key-file", "/nonexistent/keys"], /^--api-key-file cannot be read/],
       [["--allowed-origin", "https://x.example/app"], /^--allowed-origin must be an origin/],
       [["--allowed-host", "x.example:80"], /^--allowed-host must be a host name/],
       [["--api-key", "a b"], /^--api-key must be printable ASCII/],

@@ -73,9 +73,7 @@ async function readRequest<T extends { model?: string | undefined }>(
 ): Promise<{ body: T; model: string }> {
   const parsed = schema.safeParse(await readJsonBody(context.req, server.options.maxBodyBytes));
   if (!parsed.success) throw fromZodError(parsed.error);
-  const model = server.options.modelName;
-  checkModel(parsed.data.model, model);
-  return { body: parsed.data, model };
+  return { body: parsed.data, model: checkModel(server, parsed.data.model) };
 }
 
 function unixNow(): number {

@@ -2,13 +2,14 @@ import { mayControl } from "../auth.ts";
 import { HttpError, sendJson } from "../httpErrors.ts";
 import type { Handler } from "../router.ts";
 import type { ServerContext } from "../ServerContext.ts";
+import { checkModel } from "../toGenerationRequest.ts";
 
 const STARTED = Math.floor(Date.now() / 1000);
 
-function modelObject(server: ServerContext) {
+function modelObject(server: ServerContext, id: string) {
   const { info } = server.runtime.engine;
   return {
-    id: server.options.modelName,
+    id,
     object: "model",
     created: STARTED,
     owned_by: "sluice",
@@ -17,38 +18,15 @@ function modelObject(server: ServerContext) {
   };
 }
 
-/** GET /v1/models */
+/** GET /v1/models: every served name (aliases of the one model), OpenAI's list shape. */
 export function modelsRoute(server: ServerContext): Handler {
-  return ({ res }) => sendJson(res, 200, { object: "list", data: [modelObject(server)] });
+  return ({ res }) =>
+    sendJson(res, 200, { object: "list", data: server.modelNames().map((id) => modelObject(server, id)) });
 }
 
-/** GET /v1/models/:model */
+/** GET /v1/models/:model: a served name, or any name unless `strictModelName` (see `checkModel`). */
 export function modelRoute(server: ServerContext): Handler {
-  return ({ res, params }) => {
-    const requested = params.model!;
-    if (requested !== server.options.modelName) {
-      throw new HttpError(
-        404,
-        "invalid_request_error",
-        "model_not_found",
-        `The model ${JSON.stringify(requested)} does not exist on this server; it serves ${JSON.stringify(server.options.modelName)}.`,
-        "model",
-      );
-    }
-    sendJson(res, 200, modelObject(server));
-  };
-}
-
-/** GET /health: no key needed, 503 while shutting down. */
-export function healthRoute(server: ServerContext): Handler {
-  return ({ res }) => {
-    const load = server.runtime.load;
-    sendJson(res, server.closing ? 503 : 200, {
-      status: server.closing ? "shutting_down" : "ok",
-      model: server.options.modelName,
-      ...load,
-    });
-  };
+  return ({ res, params }) => sendJson(res, 200, modelObject(server, checkModel(server, params.model)));
 }
 
 /**
@@ -66,7 +44,7 @@ export function slotsRoute(server: ServerContext): Handler {
       return visible ? { ...slot, requestId } : slot;
     });
     sendJson(res, 200, {
-      model: server.options.modelName,
+      model: server.modelNames()[0],
       slotsTotal: server.runtime.engine.info.slots,
       ...snapshot,
       slots,
@@ -76,10 +54,10 @@ export function slotsRoute(server: ServerContext): Handler {
 
 /** GET /metrics */
 export function metricsRoute(server: ServerContext): Handler {
-  return ({ res }) => {
-    const text = server.metrics.render(server.runtime);
+  return async ({ res }) => {
+    const text = await server.metrics.render();
     res.writeHead(200, {
-      "Content-Type": "text/plain; version=0.0.4; charset=utf-8",
+      "Content-Type": server.metrics.contentType,
       "Content-Length": Buffer.byteLength(text),
     });
     res.end(text);
