@@ -2,8 +2,15 @@
 export type { ChannelOptions } from "./channel/index.ts";
 export { StreamChannel } from "./channel/index.ts";
 export { OutputProcessor, StopMatcher, Utf8Decoder, Vocabulary } from "./detok/index.ts";
-export type { Engine, EngineInfo, SamplerConfig, StepItem, StepOutcome } from "./engine/Engine.ts";
-export { LlamaEngine, type LlamaEngineOptions } from "./engine/LlamaEngine.ts";
+export type {
+  Engine,
+  EngineBackend,
+  EngineInfo,
+  SamplerConfig,
+  StepItem,
+  StepOutcome,
+} from "./engine/Engine.ts";
+export { LlamaEngine, type LlamaEngineOptions, type LlamaGpu } from "./engine/LlamaEngine.ts";
 export { BUNDLED_CHAT_MODEL_PATH, BUNDLED_MODEL_PATH } from "./engine/modelPath.ts";
 export { SluiceError, type SluiceErrorCode } from "./errors.ts";
 export type { CancelRecord, RequestRecord } from "./runtime/RequestState.ts";

@@ -2,6 +2,7 @@ import { SluiceError } from "../errors.ts";
 import { Runtime } from "../runtime/Runtime.ts";
 import type { GenerationRequest, GenerationResult } from "../types.ts";
 import { parseArgs } from "./env.ts";
+import { GPU_FLAGS, gpuHelp, gpuOptions } from "./gpuFlags.ts";
 import { StatusLine } from "./StatusLine.ts";
 
 export const DEFAULT_PROMPT = "Genesis 1\n1 In the beginning";
@@ -23,7 +24,7 @@ Options:
   --special             keep special tokens in the text
   --threads <n>         CPU threads (default: half the cores)
   --context-size <n>    tokens per slot
-  --json                print every chunk and the result as JSON lines
+${gpuHelp(24)}  --json                print every chunk and the result as JSON lines
   -h, --help            this help
 `;
 
@@ -52,6 +53,7 @@ export async function generateCommand(argv: string[]): Promise<number> {
       special: { type: "boolean" },
       threads: { type: "string" },
       "context-size": { type: "string" },
+      ...GPU_FLAGS,
       json: { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
@@ -70,9 +72,11 @@ export async function generateCommand(argv: string[]): Promise<number> {
     ...(values.model ? { model: values.model } : {}),
     ...(threads !== undefined ? { threads } : {}),
     ...(contextSize !== undefined ? { contextSize } : {}),
+    ...gpuOptions(values),
     onLoadProgress: (p) => status.set(` loading model ${Math.round(p * 100)}% `),
   });
   const loadMs = performance.now() - loadStarted;
+  const { backend } = runtime.engine.info;
   const prompt = positionals.join(" ") || DEFAULT_PROMPT;
   const request: GenerationRequest = {
     prompt,
@@ -121,7 +125,7 @@ export async function generateCommand(argv: string[]): Promise<number> {
   await runtime.close();
   if (json) {
     process.stdout.write(
-      `${JSON.stringify({ type: "result", ...result, tokenIds: undefined, loadMs, cancelMs })}\n`,
+      `${JSON.stringify({ type: "result", ...result, tokenIds: undefined, loadMs, cancelMs, backend })}\n`,
     );
   } else {
     const t = result.timings;
@@ -131,7 +135,8 @@ export async function generateCommand(argv: string[]): Promise<number> {
       `-- finished: ${why}${result.error ? ` ${result.error.code}: ${result.error.message}` : ""}`,
       `-- ${result.usage.promptTokens} prompt + ${result.usage.completionTokens} generated tokens; ` +
         `${t.tokensPerSecond.toFixed(1)} tok/s; first token ${t.firstTokenMs.toFixed(1)} ms; ` +
-        `prefill ${t.prefillMs.toFixed(1)} ms; decode ${t.decodeMs.toFixed(1)} ms; model load ${loadMs.toFixed(0)} ms`,
+        `prefill ${t.prefillMs.toFixed(1)} ms; decode ${t.decodeMs.toFixed(1)} ms; model load ${loadMs.toFixed(0)} ms` +
+        (backend ? ` (${backend})` : ""),
       ...(cancelMs !== undefined ? [`-- Ctrl-C to terminal chunk: ${cancelMs.toFixed(1)} ms`] : []),
     ];
     process.stderr.write(`${lines.join("\n")}\n`);

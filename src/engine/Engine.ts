@@ -46,7 +46,14 @@ export interface EngineInfo {
   /** Most tokens one step may carry across all its items (the engine's batch size). */
   maxStepTokens: number;
   capabilities: EngineCapabilities;
+  /** Where the model runs, for engines that run one (the llama.cpp build in use). */
+  backend?: EngineBackend;
+  /** Model layers offloaded to the GPU (0 on the CPU), for engines that run a model. */
+  gpuLayers?: number;
 }
+
+/** The compute backend a model runs on. */
+export type EngineBackend = "cpu" | "cuda" | "vulkan" | "metal";
 
 /**
  * The one interface the step loop drives, and everything the runtime and the server rely on. A step is one

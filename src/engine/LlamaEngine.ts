@@ -3,6 +3,7 @@ import { basename } from "node:path";
 import {
   type CustomBatchingPrioritizationStrategy,
   getLlama,
+  getLlamaGpuTypes,
   type Llama,
   type LlamaContext,
   type LlamaContextSequence,
@@ -15,7 +16,7 @@ import { SluiceError } from "../errors.ts";
 import { abortSignal, callback, integer, parseOptions } from "../parseOptions.ts";
 import { type ChatTemplate, llamaChatTemplate } from "./ChatTemplate.ts";
 import { checkGguf } from "./checkGguf.ts";
-import type { Engine, EngineInfo, SamplerConfig, StepItem, StepOutcome } from "./Engine.ts";
+import type { Engine, EngineBackend, EngineInfo, SamplerConfig, StepItem, StepOutcome } from "./Engine.ts";
 import { BUNDLED_MODEL_PATH } from "./modelPath.ts";
 
 export interface LlamaEngineOptions {
@@ -29,11 +30,29 @@ export interface LlamaEngineOptions {
   threads?: number;
   /** Most tokens in one step, 1 to 65536. Defaults to 512. The runtime keeps every step within it. */
   batchSize?: number;
+  /**
+   * Where llama.cpp runs: `"cuda"`, `"vulkan"` or `"metal"` (node-llama-cpp's prebuilt GPU builds; loading
+   * fails if that build cannot run here), `"auto"` (the best build that loads, else the CPU) or `"off"` (the
+   * CPU). Defaults to `"auto"` where node-llama-cpp finds a GPU toolkit on the machine (CUDA or Vulkan
+   * libraries, Apple silicon), else `"off"`, so a CPU-only machine never probes GPU builds. `info.backend`
+   * says which one runs.
+   */
+  gpu?: LlamaGpu;
+  /**
+   * Model layers to offload to the GPU: a count, `"max"` (every layer) or `"auto"` (as many as fit in its free
+   * memory). Defaults to `"auto"`. Ignored when the CPU runs the model.
+   */
+  gpuLayers?: number | "max" | "auto";
   /** Model load progress, 0..1. */
   onLoadProgress?: (progress: number) => void;
   /** Aborts loading. */
   signal?: AbortSignal;
 }
+
+/** The `gpu` option's values. */
+export type LlamaGpu = "auto" | "cuda" | "vulkan" | "metal" | "off";
+const GPU_VALUES = ["auto", "cuda", "vulkan", "metal", "off"] as const satisfies readonly LlamaGpu[];
+const GPU_LAYERS_RULE = 'must be an integer >= 0, "max" or "auto"';
 
 /** llama.cpp's limit on sequences in one context (`LLAMA_MAX_SEQ`). */
 export const MAX_SLOTS = 256;
@@ -48,12 +67,35 @@ export const llamaEngineOptionsSchema = z.strictObject({
   contextSize: integer(2, 1 << 20).optional(),
   threads: integer(1, 1024).optional(),
   batchSize: integer(1, 1 << 16).optional(),
+  gpu: z.enum(GPU_VALUES, { error: `must be one of ${GPU_VALUES.join(", ")}` }).optional(),
+  gpuLayers: z
+    .union(
+      [
+        z.number().int({ error: GPU_LAYERS_RULE }).min(0, { error: GPU_LAYERS_RULE }),
+        z.enum(["max", "auto"]),
+      ],
+      {
+        error: GPU_LAYERS_RULE,
+      },
+    )
+    .optional(),
   onLoadProgress: callback<(progress: number) => void>().optional(),
   signal: abortSignal().optional(),
 });
 
 export function defaultThreads(): number {
   return Math.max(1, Math.floor(availableParallelism() / 2));
+}
+
+/**
+ * The `gpu` option as `getLlama` takes it. Without one, "auto" only where node-llama-cpp detects a GPU
+ * toolkit: "auto" elsewhere would try to load each GPU build before settling on the CPU.
+ */
+async function llamaGpu(gpu: LlamaGpu | undefined): Promise<"auto" | "cuda" | "vulkan" | "metal" | false> {
+  if (gpu === "off") return false;
+  if (gpu !== undefined) return gpu;
+  const usable = await getLlamaGpuTypes("supported");
+  return usable.some((type) => type !== false) ? "auto" : false;
 }
 
 type Generator = AsyncGenerator<Token, void, undefined | Token | Token[]>;
@@ -72,7 +114,7 @@ const decodeFirst: CustomBatchingPrioritizationStrategy = ({ items, size }) => {
   return result;
 };
 
-/** node-llama-cpp on CPU: one context with a fixed pool of sequences, one sequence per slot. */
+/** node-llama-cpp (CPU or GPU): one context with a fixed pool of sequences, one sequence per slot. */
 export class LlamaEngine implements Engine {
   readonly info: EngineInfo;
   readonly threads: number;
@@ -117,18 +159,31 @@ export class LlamaEngine implements Engine {
     const { contextLength } = checked;
     const contextSize = options.contextSize ?? Math.min(contextLength || 2048, 2048);
     const batchSize = options.batchSize ?? 512;
-    const llama = await getLlama({
-      gpu: false,
-      build: "never",
-      skipDownload: true,
-      maxThreads: threads,
-      logLevel: "error" as never,
-      progressLogs: false,
-    });
+    const gpu = await llamaGpu(options.gpu);
+    let llama: Llama;
+    try {
+      llama = await getLlama({
+        gpu,
+        build: "never",
+        skipDownload: true,
+        maxThreads: threads,
+        logLevel: "error" as never,
+        progressLogs: false,
+      });
+    } catch (cause) {
+      throw new SluiceError(
+        "model_load_failed",
+        `gpu: ${String(gpu || "off")}: node-llama-cpp could not load that llama.cpp build here ` +
+          `(${(cause as Error).message}); use gpu "auto" or "off".`,
+        { cause },
+      );
+    }
+    const backend: EngineBackend = llama.gpu === false ? "cpu" : llama.gpu;
     let model: LlamaModel | undefined;
     try {
       model = await llama.loadModel({
         modelPath,
+        gpuLayers: backend === "cpu" ? 0 : (options.gpuLayers ?? "auto"),
         ...(options.onLoadProgress ? { onLoadProgress: options.onLoadProgress } : {}),
         ...(options.signal ? { loadSignal: options.signal } : {}),
       });
@@ -150,6 +205,8 @@ export class LlamaEngine implements Engine {
         addBos: model.tokens.shouldPrependBosToken,
         maxStepTokens: context.batchSize,
         capabilities: { promptCache: true },
+        backend,
+        gpuLayers: model.gpuLayers,
       };
       return new LlamaEngine(llama, model, context, info, threads);
     } catch (cause) {

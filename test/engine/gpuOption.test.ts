@@ -1,0 +1,71 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { getLlamaGpuTypes } from "node-llama-cpp";
+import { gpuOptions } from "../../src/cli/gpuFlags.ts";
+import { LlamaEngine } from "../../src/engine/LlamaEngine.ts";
+import { SluiceError } from "../../src/errors.ts";
+
+const gpuTypes = await getLlamaGpuTypes("supported");
+const hasGpuToolkit = gpuTypes.some((type) => type !== false);
+
+function refused(param: string, value: string) {
+  return (error: unknown) =>
+    error instanceof SluiceError &&
+    error.code === "invalid_option" &&
+    error.param === param &&
+    error.message.includes(value);
+}
+
+test("gpu and gpuLayers are checked before anything loads", async () => {
+  await assert.rejects(LlamaEngine.create({ gpu: "tpu" as never }), refused("gpu", '"tpu"'));
+  await assert.rejects(LlamaEngine.create({ gpu: "" as never }), refused("gpu", '""'));
+  for (const bad of [-1, 1.5, "most", "1"]) {
+    await assert.rejects(
+      LlamaEngine.create({ gpuLayers: bad as never }),
+      refused("gpuLayers", JSON.stringify(bad)),
+    );
+  }
+});
+
+test("gpu off runs on the CPU with no layers offloaded, whatever gpuLayers says", async () => {
+  const engine = await LlamaEngine.create({ gpu: "off", gpuLayers: "max", threads: 1, slots: 1 });
+  try {
+    assert.equal(engine.info.backend, "cpu");
+    assert.equal(engine.info.gpuLayers, 0);
+  } finally {
+    await engine.close();
+  }
+});
+
+test("without a gpu option, a machine with no GPU toolkit runs on the CPU", {
+  skip: hasGpuToolkit && `node-llama-cpp finds a GPU toolkit here (${gpuTypes.join(", ")})`,
+}, async () => {
+  const engine = await LlamaEngine.create({ threads: 1, slots: 1 });
+  try {
+    assert.equal(engine.info.backend, "cpu");
+    assert.equal(engine.info.gpuLayers, 0);
+  } finally {
+    await engine.close();
+  }
+});
+
+test("an explicit GPU build that cannot load here is a model_load_failed that says what to change", {
+  skip: gpuTypes.includes("cuda") && "CUDA is usable here",
+}, async () => {
+  await assert.rejects(
+    LlamaEngine.create({ gpu: "cuda", threads: 1, slots: 1 }),
+    (error: unknown) =>
+      error instanceof SluiceError &&
+      error.code === "model_load_failed" &&
+      /gpu: cuda/.test(error.message) &&
+      /"auto" or "off"/.test(error.message),
+  );
+});
+
+test("the CLI flags map to the engine options as typed", () => {
+  assert.deepEqual(gpuOptions({}), {});
+  assert.deepEqual(gpuOptions({ gpu: "cuda", "gpu-layers": "33" }), { gpu: "cuda", gpuLayers: 33 });
+  assert.deepEqual(gpuOptions({ "gpu-layers": "max" }), { gpuLayers: "max" });
+  // Anything else goes through unchanged, for LlamaEngine.create to refuse by name.
+  assert.deepEqual(gpuOptions({ gpu: "tpu", "gpu-layers": "-1" }), { gpu: "tpu", gpuLayers: "-1" });
+});
