@@ -8,12 +8,19 @@
  * tokens, `perToken` from steps with them. The chunk is the number of prompt tokens that keeps a step near
  * the target, within [min, max]. Until the per-token cost is measured the initial chunk is used.
  *
- * The target defaults to max(floorMs, 3 × base): on a CPU prompt tokens are never free, so every prompt token
- * read is time taken from the streams; three decode steps' worth keeps a prefill moving while streams slow
- * down rather than stall, and the floor keeps tiny models (a 1 ms decode step) from reading prompts in slivers.
+ * Two budgets, because two different people wait on a prefill step:
+ * - while streams decode, each of them waits for the whole step: the step aims for `targetStepMs`, the
+ *   decode-gap budget, by default max(floorMs, 3 × base). On a CPU prompt tokens are never free, so every
+ *   prompt token read is time taken from the streams; three decode steps' worth keeps a prefill moving while
+ *   streams slow down rather than stall, and the floor keeps tiny models (a 1 ms decode step) from reading
+ *   prompts in slivers;
+ * - with no stream decoding, only a cancel waits: the step may take `soloStepMs` (500 ms by default), so a
+ *   lone prompt is read in large, efficient chunks (whole batches on a small model, as llama-server reads
+ *   them) while a cancel still lands within half a second on a slow one.
  */
 export class PrefillSizer {
   readonly #target: number | undefined;
+  readonly #solo: number;
   readonly #floor: number;
   readonly #min: number;
   readonly #max: number;
@@ -23,12 +30,14 @@ export class PrefillSizer {
 
   constructor(options: {
     targetStepMs?: number;
+    soloStepMs?: number;
     floorMs?: number;
     min: number;
     max: number;
     initial: number;
   }) {
     this.#target = options.targetStepMs;
+    this.#solo = options.soloStepMs ?? 500;
     this.#floor = options.floorMs ?? 50;
     this.#min = Math.max(1, Math.floor(options.min));
     this.#max = Math.max(this.#min, Math.floor(options.max));
@@ -40,17 +49,22 @@ export class PrefillSizer {
     return this.#target ?? Math.max(this.#floor, 3 * (this.#base ?? 0));
   }
 
+  /** The step time a prompt chunk may take when no stream is decoding, in ms. */
+  get soloMs(): number {
+    return this.#solo;
+  }
+
   /**
-   * Prompt tokens the next step may read. With no stream decoding, nobody waits on the step but a cancel,
-   * so the target is four times longer: prompts are read in larger, more efficient chunks (1.5x faster on
-   * the bundled model) while a cancel still lands within a fraction of a second.
+   * Prompt tokens the next step may read: within the decode-gap budget while streams decode, within the solo
+   * budget otherwise (nobody but a cancel waits on that step).
    */
   chunk(streamsDecoding: boolean): number {
     const base = this.#base;
     const perToken = this.#perToken;
-    if (perToken === undefined) return this.#initial;
-    const target = this.targetMs * (streamsDecoding ? 1 : 4);
-    const room = target - (base ?? 0);
+    // Unmeasured: a small first chunk when streams would wait on it, a larger one when nobody does.
+    if (perToken === undefined)
+      return streamsDecoding ? this.#initial : Math.min(this.#max, 8 * this.#initial);
+    const room = streamsDecoding ? this.targetMs - (base ?? 0) : this.#solo;
     const tokens = perToken > 0 ? Math.floor(room / perToken) : this.#max;
     return Math.min(this.#max, Math.max(this.#min, tokens));
   }

@@ -96,6 +96,7 @@ export class Runtime {
         ? undefined
         : new PrefillSizer({
             ...(options.targetStepMs !== undefined ? { targetStepMs: options.targetStepMs } : {}),
+            ...(options.soloPrefillStepMs !== undefined ? { soloStepMs: options.soloPrefillStepMs } : {}),
             min: 8,
             max: Math.min(512, maxStepTokens - engine.info.slots),
             // Start small: the first chunk is read before anything is known about the model's speed.
@@ -531,7 +532,15 @@ export class Runtime {
 
 /** The options of `Runtime.create` that are `LlamaEngine.create`'s. */
 function modelOptions(options: RuntimeOptions): LlamaEngineOptions {
-  const { engine, prefillChunkSize, targetStepMs, maxQueue, defaultMaxTokens, promptCache, ...model } =
-    options;
+  const {
+    engine,
+    prefillChunkSize,
+    targetStepMs,
+    soloPrefillStepMs,
+    maxQueue,
+    defaultMaxTokens,
+    promptCache,
+    ...model
+  } = options;
   return model;
 }

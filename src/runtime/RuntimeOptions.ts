@@ -19,11 +19,18 @@ export interface RuntimeOptions extends Omit<LlamaEngineOptions, "signal"> {
    */
   prefillChunkSize?: number | "auto";
   /**
-   * Step time in ms (above 0, at most 60000) that automatic prefill chunks aim for while streams are decoding
-   * (four times it when only prompts are being read). Defaults to max(50 ms, 3 decode steps): streams slow
-   * down while a prompt is read but never stall.
+   * The decode-gap budget, in ms (above 0, at most 60000): while streams are decoding, a step that reads
+   * prompt tokens aims to take this long, so it bounds every stream's gap behind someone else's prompt (and a
+   * cancel while prefilling). Smaller: smoother streams, a long prompt's first token later. Defaults to
+   * max(50 ms, 3 decode steps): streams slow down while a prompt is read but never stall.
    */
   targetStepMs?: number;
+  /**
+   * With no stream decoding, the time a prompt-reading step may take, in ms (above 0, at most 60000): only a
+   * cancel waits on it. Larger reads a lone prompt in fewer, more efficient steps (a whole batch when it fits,
+   * as llama-server does); smaller lands a cancel during a long prefill sooner. Defaults to 500.
+   */
+  soloPrefillStepMs?: number;
   /**
    * Most requests waiting for a slot, an integer >= 0; a request that a free slot takes at once does not wait
    * and does not count. Beyond it generate() throws `queue_full`. Defaults to 256; 0 admits only what fits.
@@ -81,6 +88,7 @@ const runtimeOptionsSchema = llamaEngineOptionsSchema.extend({
     })
     .optional(),
   targetStepMs: positiveNumber(60_000, "ms").optional(),
+  soloPrefillStepMs: positiveNumber(60_000, "ms").optional(),
   maxQueue: integer(0, 1 << 24).optional(),
   defaultMaxTokens: integer(1, 1 << 24).optional(),
   promptCache: z.boolean({ error: "must be true or false" }).optional(),

@@ -15,9 +15,10 @@ function train(sizer: PrefillSizer, baseMs: number, perTokenMs: number, steps = 
 }
 
 describe("PrefillSizer", () => {
-  test("uses the initial chunk until it has measured a prompt step", () => {
+  test("uses the initial chunk until it has measured a prompt step (8x it when nobody waits)", () => {
     const sizer = new PrefillSizer(bounds);
     assert.equal(sizer.chunk(true), 32);
+    assert.equal(sizer.chunk(false), 256);
     sizer.observe(2, 0);
     assert.equal(sizer.chunk(true), 32);
   });
@@ -31,8 +32,9 @@ describe("PrefillSizer", () => {
     train(edge, 35, 5); // a 0.5B-class model on two cores
     assert.ok(Math.abs(edge.targetMs - 105) < 1, `edge target ${edge.targetMs}`);
     assert.equal(edge.chunk(true), 14);
-    // Only prompts in flight: four times the target.
-    assert.equal(edge.chunk(false), Math.floor((4 * 105 - 35) / 5));
+    // Only prompts in flight: the solo budget (500 ms by default), nobody but a cancel waits.
+    assert.equal(edge.chunk(false), Math.floor(500 / 5));
+    assert.equal(tiny.chunk(false), 512, "a small model reads a lone prompt in whole batches");
   });
 
   test("an explicit target is honoured", () => {

@@ -296,9 +296,9 @@ describe("runtime on the scripted engine: scheduling", () => {
 
   test("automatic prefill chunks keep a slow engine's steps near the target", async () => {
     // 2 ms per prompt token: a 40 ms target allows about 20 prompt tokens per step while a stream decodes,
-    // and four times that for a prompt read alone. Timers never fire early by more than a millisecond, so a
-    // loaded machine can only make the measured cost higher and chunks smaller: the upper bounds below
-    // cannot be met by luck.
+    // and 80 within the 160 ms solo budget for a prompt read alone. Timers never fire early by more than a
+    // millisecond, so a loaded machine can only make the measured cost higher and chunks smaller: the upper
+    // bounds below cannot be met by luck.
     const promptCost = (items: readonly StepItem[]) =>
       items.reduce((ms, i) => ms + (i.tokens.length > 1 ? 2 * i.tokens.length : 0), 0);
     for (const withStream of [true, false]) {
@@ -309,7 +309,7 @@ describe("runtime on the scripted engine: scheduling", () => {
           stepMs: promptCost,
           script: () => engine.encode(SCRIPT_TEXT.repeat(3)),
         },
-        { targetStepMs: 40 },
+        { targetStepMs: 40, soloPrefillStepMs: 160 },
       );
       const stream = withStream
         ? runtime.generate({ prompt: engine.encode("d"), maxTokens: 150, ignoreEos: true })
@@ -318,8 +318,9 @@ describe("runtime on the scripted engine: scheduling", () => {
       await drain(runtime.generate({ prompt: "L".repeat(300), maxTokens: 2 }));
       stream?.cancel();
       const chunks = engine.steps.flatMap((s) => s.items.map((i) => i.tokens.length)).filter((n) => n > 1);
+      // 40 ms at 2 ms a token while a stream decodes; the 160 ms solo budget otherwise.
       const bound = withStream ? 24 : 84;
-      assert.equal(chunks[0], 8, "the first chunk is the initial size");
+      assert.equal(chunks[0], withStream ? 8 : 64, "the first chunk is the initial size");
       // The last chunk is whatever remains of the prompt.
       assert.ok(
         chunks.slice(1, -1).every((n) => n >= 8 && n <= bound),
@@ -339,9 +340,10 @@ describe("runtime on the scripted engine: scheduling", () => {
     const prompts = ["a", "b", "c"].map((c) => runtime.generate({ prompt: c.repeat(100), maxTokens: 1 }));
     await Promise.all(prompts.map(drain));
     const first = engine.steps[0]!;
+    // Nothing decodes yet: the (solo) initial budget, all of it to the oldest prompt.
     assert.deepEqual(
       first.items.map((i) => i.tokens.length),
-      [8],
+      [64],
       "the initial budget goes to the oldest prompt",
     );
     await runtime.close();
