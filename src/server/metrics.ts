@@ -24,13 +24,18 @@ function processMetrics(): Metric[] {
  * traffic, open streams). Before the runtime is ready its metrics are absent.
  */
 export class ServerMetrics {
+  /** The process's and the server's own metrics. */
   readonly registry = new Registry();
+  /** The runtime's, scraped only once there is a runtime (before that they would all read 0). */
+  readonly #runtimeRegistry = new Registry();
+  readonly #runtime: () => Runtime | undefined;
   readonly #http: Counter<"route" | "status">;
   readonly #streams: Gauge;
 
   constructor(runtime: () => Runtime | undefined) {
     for (const metric of processMetrics()) this.registry.registerMetric(metric);
-    const registers = [this.registry];
+    this.#runtime = runtime;
+    const registers = [this.#runtimeRegistry];
     const stats = () => runtime()?.stats;
     const counter = (name: string, help: string, read: (s: RuntimeStats) => number) =>
       new Counter({
@@ -55,7 +60,7 @@ export class ServerMetrics {
         },
       });
     const histogram = (name: string, help: string, read: (s: RuntimeStats) => Histogram) =>
-      this.registry.registerMetric(
+      this.#runtimeRegistry.registerMetric(
         new StatsHistogram(name, help, () => {
           const s = stats();
           return s === undefined ? undefined : read(s);
@@ -130,12 +135,16 @@ export class ServerMetrics {
       "Engine steps completed between cancel and slot free.",
       (s) => s.cancelSteps,
     );
-    this.#streams = new Gauge({ name: "sluice_http_streams_open", help: "Open SSE responses.", registers });
+    this.#streams = new Gauge({
+      name: "sluice_http_streams_open",
+      help: "Open SSE responses.",
+      registers: [this.registry],
+    });
     this.#http = new Counter({
       name: "sluice_http_requests_total",
       help: "HTTP requests by route and status.",
       labelNames: ["route", "status"],
-      registers,
+      registers: [this.registry],
     });
   }
 
@@ -157,7 +166,9 @@ export class ServerMetrics {
 
   /** Prometheus text exposition format, version 0.0.4. */
   render(): Promise<string> {
-    return this.registry.metrics();
+    const registry =
+      this.#runtime() === undefined ? this.registry : Registry.merge([this.registry, this.#runtimeRegistry]);
+    return registry.metrics();
   }
 }
 
