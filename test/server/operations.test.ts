@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import type { ScriptedEngine } from "../../src/engine/ScriptedEngine.ts";
 import type { Runtime } from "../../src/runtime/Runtime.ts";
 import { scriptedRuntime } from "../helpers/scripted.ts";
 import { Ends, post, type Served, scrape, send, serve } from "./client.ts";
@@ -9,7 +8,6 @@ import { Ends, post, type Served, scrape, send, serve } from "./client.ts";
 // Sluice's own on /metrics (prom-client).
 
 let runtime: Runtime;
-let engine: ScriptedEngine;
 let ends: Ends;
 /** Awaited inside every engine step while set. */
 let onStep: (() => void | Promise<void>) | undefined;
@@ -25,7 +23,11 @@ class Lines {
   write(text: string): void {
     const line = JSON.parse(text);
     this.all.push(line);
-    this.#waiters = this.#waiters.filter((w) => !(w.test(line) && (w.resolve(line), true)));
+    this.#waiters = this.#waiters.filter((waiter) => {
+      if (!waiter.test(line)) return true;
+      waiter.resolve(line);
+      return false;
+    });
   }
 
   /** The first line (logged or to come) that passes `test`. */
@@ -41,7 +43,7 @@ describe("operations: access log and metrics", () => {
   const lines = new Lines();
 
   before(async () => {
-    ({ runtime, engine } = await scriptedRuntime({ slots: 2, onStep: () => onStep?.() }));
+    ({ runtime } = await scriptedRuntime({ slots: 2, onStep: () => onStep?.() }));
     ends = new Ends(runtime);
     served = await serve(runtime, { logLevel: "info", logDestination: lines });
   });
