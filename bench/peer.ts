@@ -55,6 +55,8 @@ const LEVELS = [1, 4, 8, 16];
 /** Stall: A streams this many tokens before B arrives, and this many after B's first token. */
 const LEAD_TOKENS = 8;
 const TAIL_TOKENS = 4;
+/** Tokens the aborted long request asks for: more than either side streams before it sees the abort. */
+const VICTIM_TOKENS = 64;
 const REPO_ROOT = fileURLToPath(new URL("../", import.meta.url));
 
 interface Plan {
@@ -433,7 +435,7 @@ async function abortTrial(
   atMs: number,
   kind: "next" | "free",
 ): Promise<number | undefined> {
-  const victim = openStream(peer.server.url, completionBody(long, 8));
+  const victim = openStream(peer.server.url, completionBody(long, VICTIM_TOKENS));
   await sleep(atMs - (performance.now() - victim.trace.submitAt));
   const late = victim.trace.tokenTimes.length > 0;
   const abortAt = performance.now();
@@ -490,6 +492,11 @@ interface ModelResult {
   threads: number;
   plan: Plan;
   llamaArgs: string[];
+  /**
+   * Which node-llama-cpp binary Sluice's engine loads, resolved the way the engine resolves it: "prebuilt"
+   * (the npm package's, CPU variant picked at load) or "localBuild" (`node-llama-cpp source download`).
+   */
+  engineBuild: string;
   /** Engine ms per decode step at one stream, from each server's counters. */
   stepMs: Record<SideName, number>;
   /** Greedy text of the first single-stream run: the same model and prompt should give the same text. */
@@ -614,6 +621,7 @@ async function runModel(
       threads: spec.threads,
       plan,
       llamaArgs: llama.args,
+      engineBuild: loaded.llama.buildType,
       stepMs,
       sameText,
       levels,
@@ -691,7 +699,7 @@ const started = performance.now();
 console.log(`peer: ${describeMachine(host)}${args.quick ? " (quick)" : ""}`);
 console.log(
   `llama-server and llama-batched-bench from llama.cpp ${binaries.commit.slice(0, 12)} (the source node-llama-cpp ` +
-    `ships), built with GGML_NATIVE=ON; Sluice on node-llama-cpp's prebuilt binary.`,
+    `ships), built with GGML_NATIVE=ON.`,
 );
 const results: ModelResult[] = [];
 const raw: Record<string, unknown> = {};
@@ -716,6 +724,12 @@ for (const r of results) {
   );
   const shown = r.llamaArgs.map((arg, i) => (r.llamaArgs[i - 1] === "--model" ? basename(arg) : arg));
   console.log(`llama-server ${shown.join(" ")}`);
+  const build =
+    r.engineBuild === "localBuild" ? "a local build (source download)" : "the npm package's prebuilt binary";
+  console.log(
+    `Sluice: sluice serve --slots ${SLOTS} --threads ${r.threads} --context-size ${p.contextPerSlot}; ` +
+      `node-llama-cpp on ${build}`,
+  );
   const bench = raw[r.model] as { pl: number; tg: number; t_tg: number }[] | { error: string };
   const rawStep = Array.isArray(bench)
     ? bench.map((b) => `${formatMs((b.t_tg * 1000) / b.tg)} ms/step at ${b.pl}`).join(", ")
