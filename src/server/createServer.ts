@@ -17,7 +17,7 @@ import { checkHost } from "./host.ts";
 import { HttpError, sendError, toHttpError, tooManyConnections } from "./httpErrors.ts";
 import { ServerMetrics } from "./metrics.ts";
 import { checkOrigin } from "./origin.ts";
-import { Readiness } from "./Readiness.ts";
+import { Readiness, type ReadinessState } from "./Readiness.ts";
 import { parseRequestTarget } from "./requestTarget.ts";
 import { Router } from "./router.ts";
 import { chatCompletionsRoute, completionsRoute } from "./routes/generation.ts";
@@ -131,6 +131,11 @@ export class SluiceServer {
   /** The served model names, the main one first; throws until the model is loaded when none were given. */
   get modelNames(): readonly string[] {
     return this.#context.modelNames();
+  }
+
+  /** Loading, ready (with the runtime) or failed (with the error): what `/health` reports. */
+  get readiness(): ReadinessState {
+    return this.#readiness.state;
   }
 
   /** Reports the model's load progress (0..1) for `/health` while the runtime is loading. */
