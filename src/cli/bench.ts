@@ -62,6 +62,12 @@ const BENCHMARKS: readonly Benchmark[] = [
     engineFlags: false,
   },
   {
+    name: "engineBuild",
+    summary: "node-llama-cpp's prebuilt CPU binary vs a build for this machine (npm run build:engine)",
+    quick: ["--quick"],
+    engineFlags: true,
+  },
+  {
     name: "soak",
     summary:
       "10,000 requests over loopback with disconnects at every phase: slots leaked, end records, RSS and handles",

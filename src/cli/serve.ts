@@ -8,6 +8,7 @@ import {
   type SluiceServer,
 } from "../server/index.ts";
 import { parseArgs } from "./env.ts";
+import { GPU_FLAGS, gpuHelp, gpuOptions } from "./gpuFlags.ts";
 
 export const SERVE_HELP = `Usage: sluice serve [options]
 
@@ -22,8 +23,10 @@ Options:
   --threads <n>           CPU threads (default: half the cores)
   --context-size <n>      tokens per slot (default: the model's, at most 2048)
   --prefill-chunk <n>     fixed prompt tokens a slot reads per step (default: sized by step time)
-  --target-step-ms <ms>   step time automatic prefill chunks aim for (default max(50, 3 decode steps))
-  --max-queue <n>         most requests waiting for a slot; beyond it 429 (default 256)
+  --target-step-ms <ms>   the decode-gap budget: a step that reads a prompt while streams decode aims for
+                          this (default max(50, 3 decode steps))
+  --solo-prefill-step-ms <ms>  how long a prompt step may take when no stream decodes (default 500)
+${gpuHelp(26)}  --max-queue <n>         most requests waiting for a slot; beyond it 429 (default 256)
   --no-prompt-cache       start every request on an emptied slot (default: a slot keeps its KV cache and a
                           request sharing its prompt prefix reads only the rest; per request: cache_prompt)
   --api-key <key>         require "Authorization: Bearer <key>" (or "x-api-key: <key>"); repeat for one key
@@ -134,6 +137,8 @@ export async function serveCommand(argv: string[]): Promise<number> {
       "body-timeout": { type: "string" },
       "idle-timeout": { type: "string" },
       "max-connections": { type: "string" },
+      "solo-prefill-step-ms": { type: "string" },
+      ...GPU_FLAGS,
       "no-prompt-cache": { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
@@ -175,8 +180,10 @@ export async function serveCommand(argv: string[]): Promise<number> {
     contextSize: integer(values["context-size"], "--context-size", 16),
     prefillChunkSize: integer(values["prefill-chunk"], "--prefill-chunk", 1),
     targetStepMs: integer(values["target-step-ms"], "--target-step-ms", 1),
+    soloPrefillStepMs: integer(values["solo-prefill-step-ms"], "--solo-prefill-step-ms", 1),
     maxQueue: integer(values["max-queue"], "--max-queue", 0),
     promptCache: values["no-prompt-cache"] === true ? false : undefined,
+    ...gpuOptions(values),
   });
 
   // The server listens before the model is loaded: health checks and clients get 503 "loading" meanwhile.

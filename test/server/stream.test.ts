@@ -226,9 +226,12 @@ describe("SSE streaming over a real socket with the bundled model", () => {
     const health = await fetch(`${served.url}/health`).then((r) => r.json());
     assert.equal(health.status, "ok");
     assert.equal(health.slots, 4);
+    // The bundled model on this machine runs on the CPU; /health and the slot view say so.
+    assert.equal(health.backend, "cpu");
     const slots = await fetch(`${served.url}/v1/slots`).then((r) => r.json());
     assert.equal(slots.model, MODEL);
     assert.equal(slots.slotsTotal, 4);
+    assert.equal(slots.backend, "cpu");
     assert.equal(slots.slots.length, 4);
     assert.ok(
       slots.slots.every((s: { state: string }) => s.state === "free"),

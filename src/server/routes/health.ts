@@ -24,6 +24,8 @@ export function healthRoute(server: ServerContext): Handler {
     sendJson(res, server.closing ? 503 : 200, {
       status: server.closing ? "shutting_down" : "ok",
       model: server.modelNames()[0],
+      // Where the model runs: "cpu", "cuda", "vulkan" or "metal" (an engine that does not say is not a GPU).
+      backend: state.runtime.engine.info.backend ?? "cpu",
       ...state.runtime.load,
     });
   };

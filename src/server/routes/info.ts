@@ -46,6 +46,7 @@ export function slotsRoute(server: ServerContext): Handler {
     sendJson(res, 200, {
       model: server.modelNames()[0],
       slotsTotal: server.runtime.engine.info.slots,
+      backend: server.runtime.engine.info.backend ?? "cpu",
       ...snapshot,
       slots,
     });
