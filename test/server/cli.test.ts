@@ -59,10 +59,7 @@ describe("sluice serve", () => {
       );
       await line(/^sluice: serving /, "stdout");
       // The listening line came before the model's last progress report.
-      assert.ok(
-        stderr.indexOf(listening) < stderr.indexOf("loading model 100%"),
-        stderr.join("\n"),
-      );
+      assert.ok(stderr.indexOf(listening) < stderr.indexOf("loading model 100%"), stderr.join("\n"));
       assert.equal((await send(url, "/health")).json.status, "ok");
       const done = await send(url, "/v1/completions", {
         body: { prompt: "In the beginning", max_tokens: 2 },
