@@ -1,17 +1,16 @@
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { readFileSync, truncateSync, writeFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { pathToFileURL } from "node:url";
 import fc from "fast-check";
 import { readGgufFileInfo } from "node-llama-cpp";
 import { GgufWriter, readGgufMetadata, tensorByteSize } from "../../scripts/gguf/GgufWriter.ts";
 import { checkGguf } from "../../src/engine/checkGguf.ts";
 import { BUNDLED_MODEL_PATH } from "../../src/engine/modelPath.ts";
 import { SluiceError } from "../../src/errors.ts";
+import { createInChild, howItEnded } from "../helpers/createInChild.ts";
 
 // Random corruptions of the bundled model's header, metadata and tensor table: checkGguf either accepts the
 // file or rejects it with model_invalid, quickly; never another error, a hang or unbounded memory. A few of the
@@ -197,7 +196,7 @@ describe("checkGguf on random corruptions", () => {
       accepted.push(path);
     }
     assert.equal(accepted.length, 3);
-    const run = await createInChild(accepted);
+    const run = await createInChild(dir, accepted);
     assert.equal(run.code, 0, howItEnded(run));
     assert.equal(run.results.length, 3, run.stderr.slice(-500));
     for (const result of run.results) {
@@ -206,72 +205,3 @@ describe("checkGguf on random corruptions", () => {
     }
   });
 });
-
-const CHILD_TIMEOUT_MS = 60_000;
-
-/**
- * Runs LlamaEngine.create, then one decode, on each model in a child process, where a native abort cannot take
- * the test runner with it. Each model prints one line: `{ loaded }` or the error's `{ code, message }`.
- */
-function createInChild(models: readonly string[]): Promise<{
-  code: number | null;
-  signal: string | null;
-  timedOut: boolean;
-  results: Record<string, unknown>[];
-  stderr: string;
-}> {
-  const child = join(dir, "create-engine.mjs");
-  const engineUrl = pathToFileURL(join(import.meta.dirname, "../../src/engine/LlamaEngine.ts")).href;
-  writeFileSync(
-    child,
-    `import { LlamaEngine } from ${JSON.stringify(engineUrl)};
-for (const model of JSON.parse(process.env.SLUICE_MODELS)) {
-  try {
-    const engine = await LlamaEngine.create({ model, slots: 1, threads: 1 });
-    const tokens = engine.tokenize("In the beginning", { special: false });
-    const sample = { temperature: 0, topK: 1, topP: 1, minP: 0, seed: 1 };
-    const [outcome] = await engine.step([{ slot: 0, tokens, sample }]);
-    await engine.close();
-    console.log(JSON.stringify({ loaded: outcome.ok }));
-  } catch (error) {
-    console.log(JSON.stringify({ code: error.code, message: error.message }));
-  }
-}
-`,
-  );
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      ["--import", "tsx", child],
-      {
-        cwd: join(import.meta.dirname, "../.."),
-        env: { ...process.env, SLUICE_MODELS: JSON.stringify(models) },
-        timeout: CHILD_TIMEOUT_MS,
-      },
-      (error, stdout, stderr) => {
-        const results = stdout
-          .split("\n")
-          .filter((line) => line.startsWith("{"))
-          .map((line) => JSON.parse(line) as Record<string, unknown>);
-        resolve({
-          code: error ? (typeof error.code === "number" ? error.code : null) : 0,
-          signal: error?.signal ?? null,
-          timedOut: error?.killed === true,
-          results,
-          stderr,
-        });
-      },
-    );
-  });
-}
-
-function howItEnded(run: {
-  code: number | null;
-  signal: string | null;
-  timedOut: boolean;
-  stderr: string;
-}): string {
-  if (run.timedOut) return `the child hung: killed after ${CHILD_TIMEOUT_MS / 1000} s`;
-  if (run.signal) return `the child died of ${run.signal} (a native abort): ${run.stderr.slice(-400)}`;
-  return `the child exited ${run.code}: ${run.stderr.slice(-400)}`;
-}

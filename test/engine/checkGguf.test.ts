@@ -1,11 +1,9 @@
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { closeSync, openSync, readFileSync, truncateSync, unlinkSync, writeSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { pathToFileURL } from "node:url";
 import { readGgufFileInfo } from "node-llama-cpp";
 import {
   type GgufLayout,
@@ -17,6 +15,7 @@ import {
 import { checkGguf } from "../../src/engine/checkGguf.ts";
 import { BUNDLED_MODEL_PATH } from "../../src/engine/modelPath.ts";
 import { SluiceError } from "../../src/errors.ts";
+import { createInChild, howItEnded } from "../helpers/createInChild.ts";
 
 // A corpus of corrupted files, each the bundled model rebuilt through the project's GgufWriter with one fault:
 // a metadata edit, a tensor-table edit, or a raw patch of one header field at the offset the writer reports.
@@ -41,9 +40,6 @@ interface Corruption {
   truncate?: (layout: GgufLayout, size: number) => number;
   alignment?: number;
 }
-
-/** Real loads take a second or two; a corrupt count used to make loading read on without end. */
-const CHILD_TIMEOUT_MS = 60_000;
 
 const u32 = (at: number, v: number) => ({ at, bytes: Buffer.from(new Uint32Array([v]).buffer) });
 const u64 = (at: number, v: bigint) => ({ at, bytes: Buffer.from(new BigUint64Array([v]).buffer) });
@@ -553,74 +549,6 @@ describe("checkGguf", () => {
   }
 });
 
-/**
- * Runs LlamaEngine.create, then one decode, on each model in a child process, where a native abort cannot take
- * the test runner with it. Each model prints one line: `{ loaded }` or the error's `{ code, message }`.
- */
-async function createInChild(models: readonly string[]): Promise<{
-  code: number | null;
-  signal: string | null;
-  timedOut: boolean;
-  results: Record<string, unknown>[];
-  stderr: string;
-}> {
-  const child = join(dir, "create-engine.mjs");
-  const engineUrl = pathToFileURL(join(import.meta.dirname, "../../src/engine/LlamaEngine.ts")).href;
-  await writeFile(
-    child,
-    `import { LlamaEngine } from ${JSON.stringify(engineUrl)};
-for (const model of JSON.parse(process.env.SLUICE_MODELS)) {
-  try {
-    const engine = await LlamaEngine.create({ model, slots: 1, threads: 1 });
-    const tokens = engine.tokenize("In the beginning", { special: false });
-    const sample = { temperature: 0, topK: 1, topP: 1, minP: 0, seed: 1 };
-    const [outcome] = await engine.step([{ slot: 0, tokens, sample }]);
-    await engine.close();
-    console.log(JSON.stringify({ loaded: outcome.ok }));
-  } catch (error) {
-    console.log(JSON.stringify({ code: error.code, message: error.message }));
-  }
-}
-`,
-  );
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      ["--import", "tsx", child],
-      {
-        cwd: join(import.meta.dirname, "../.."),
-        env: { ...process.env, SLUICE_MODELS: JSON.stringify(models) },
-        timeout: CHILD_TIMEOUT_MS,
-      },
-      (error, stdout, stderr) => {
-        const results = stdout
-          .split("\n")
-          .filter((line) => line.startsWith("{"))
-          .map((line) => JSON.parse(line) as Record<string, unknown>);
-        resolve({
-          code: error ? (typeof error.code === "number" ? error.code : null) : 0,
-          signal: error?.signal ?? null,
-          timedOut: error?.killed === true,
-          results,
-          stderr,
-        });
-      },
-    );
-  });
-}
-
-/** Why a child did not exit normally, for the assertion message. */
-function howItEnded(run: {
-  code: number | null;
-  signal: string | null;
-  timedOut: boolean;
-  stderr: string;
-}): string {
-  if (run.timedOut) return `the child hung: killed after ${CHILD_TIMEOUT_MS / 1000} s`;
-  if (run.signal) return `the child died of ${run.signal} (a native abort): ${run.stderr.slice(-400)}`;
-  return `the child exited ${run.code}: ${run.stderr.slice(-400)}`;
-}
-
 describe("LlamaEngine.create on files that used to crash llama.cpp", () => {
   // Each of these aborted the process (exit 134) or, for n_dims, read on without end before the check.
   const CRASHERS: [string, Corruption, RegExp][] = [
@@ -636,7 +564,7 @@ describe("LlamaEngine.create on files that used to crash llama.cpp", () => {
   for (const [name, corruption, message] of CRASHERS) {
     test(`${name}: the process exits normally with model_invalid`, async () => {
       const { path } = write(corruption);
-      const run = await createInChild([path]);
+      const run = await createInChild(dir, [path]);
       unlinkSync(path);
       assert.equal(run.code, 0, howItEnded(run));
       assert.equal(run.results.length, 1, run.stderr.slice(-500));
@@ -647,7 +575,7 @@ describe("LlamaEngine.create on files that used to crash llama.cpp", () => {
 
   test("the same child loads the unedited rebuild and decodes a token", async () => {
     const { path } = write();
-    const run = await createInChild([path]);
+    const run = await createInChild(dir, [path]);
     unlinkSync(path);
     assert.equal(run.code, 0, howItEnded(run));
     assert.deepEqual(run.results, [{ loaded: true }]);
