@@ -146,7 +146,7 @@ const scripted = llama
       stepMs: 1,
       // llama.cpp clears a slot's KV cache off the main thread: freeing a slot takes a macrotask here too, so
       // a client can go away while the loop is freeing another slot.
-      onResetSlot: () => new Promise<void>((resolve) => setImmediate(resolve)),
+      onReleaseSlot: () => new Promise<void>((resolve) => setImmediate(resolve)),
     });
 const runtime = scripted
   ? await Runtime.create({ engine: scripted, prefillChunkSize: 16 })

@@ -33,7 +33,7 @@ export interface ScriptedEngineOptions {
   onStep?: (step: ScriptedStep) => void | Promise<void>;
   faults?: readonly ScriptedFault[];
   /** Awaited inside every releaseSlot before it resolves: lets a test act while a slot is being freed. */
-  onResetSlot?: (slot: number) => void | Promise<void>;
+  onReleaseSlot?: (slot: number) => void | Promise<void>;
   /** Whether slots keep their cache between requests (`capabilities.promptCache`). Defaults to true. */
   promptCache?: boolean;
   /** `info.maxStepTokens`. Defaults to 512. */
@@ -148,7 +148,7 @@ export class ScriptedEngine implements Engine {
   }
 
   async releaseSlot(slot: number): Promise<void> {
-    await this.#options.onResetSlot?.(slot);
+    await this.#options.onReleaseSlot?.(slot);
     this.#scripts[slot] = undefined;
     this.#cursor[slot] = 0;
   }

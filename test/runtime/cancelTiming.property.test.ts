@@ -118,7 +118,7 @@ test("a cancel at any offset around a step or a slot reset frees the slot within
           stepMs: after.kind === "timeouts" ? 1 : 0,
           script: (): number[] => Array.from({ length: 40 }, () => engine.encode(" and")).flat(),
           onStep: ({ step }) => (when.at === "step" && step === when.step ? arm(when.inside) : undefined),
-          onResetSlot: () => (when.at === "reset" ? arm(when.inside) : undefined),
+          onReleaseSlot: () => (when.at === "reset" ? arm(when.inside) : undefined),
         });
         const runtime = await Runtime.create({ engine, prefillChunkSize: 4 });
         const ends = new Map<string, RequestRecord>();
