@@ -56,7 +56,9 @@ function stream(body: Record<string, unknown>, onEvent?: (event: unknown, s: Sse
 
 describe("client disconnect = cancel, with the bundled model over real sockets", () => {
   before(async () => {
-    runtime = await Runtime.create({ slots: 4, contextSize: 512, threads: 1 });
+    // A lone prompt may take a 500 ms step by default (a whole prompt of this model in one): a small solo
+    // budget makes a long prompt take several steps, so a disconnect can land between two of them.
+    runtime = await Runtime.create({ slots: 4, contextSize: 512, threads: 1, soloPrefillStepMs: 5 });
     ends = new Ends(runtime);
     served = await serve(runtime);
   });
