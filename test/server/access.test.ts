@@ -1,12 +1,11 @@
 import assert from "node:assert/strict";
-import { request } from "node:http";
 import { networkInterfaces } from "node:os";
 import { after, before, describe, test } from "node:test";
 import type { ScriptedEngine } from "../../src/engine/ScriptedEngine.ts";
 import type { Runtime } from "../../src/runtime/Runtime.ts";
 import { createServer } from "../../src/server/index.ts";
 import { scriptedRuntime } from "../helpers/scripted.ts";
-import { post, type SseStream, serve } from "./client.ts";
+import { post, type SseStream, send, serve } from "./client.ts";
 
 // Who may do what (src/server/README.md, "Security model"): browsers only from the server's own pages
 // (or allowed origins), only under the names the server answers to, and a request id is a capability
@@ -18,51 +17,6 @@ let engine: ScriptedEngine;
 let hold: Promise<void> | undefined;
 
 const yieldOnce = () => new Promise<void>((resolve) => setImmediate(resolve));
-
-interface Answer {
-  status: number;
-  // biome-ignore lint/suspicious/noExplicitAny: bodies are checked field by field.
-  json: any;
-}
-
-/** One request with any headers (fetch() will not send Host, Origin or Sec-Fetch-* as given). */
-function send(
-  url: string,
-  path: string,
-  options: { method?: string; headers?: Record<string, string>; body?: string; host?: string } = {},
-): Promise<Answer> {
-  const { hostname, port } = new URL(url);
-  return new Promise((resolve, reject) => {
-    const req = request(
-      {
-        host: options.host ?? hostname,
-        port,
-        path,
-        method: options.method ?? "GET",
-        headers: options.headers,
-        agent: false,
-      },
-      (res) => {
-        let text = "";
-        res.setEncoding("utf8");
-        res.on("data", (chunk) => {
-          text += chunk;
-        });
-        res.on("end", () => {
-          let json: unknown;
-          try {
-            json = JSON.parse(text);
-          } catch {
-            json = text;
-          }
-          resolve({ status: res.statusCode ?? 0, json });
-        });
-      },
-    );
-    req.on("error", reject);
-    req.end(options.body);
-  });
-}
 
 const COMPLETION = JSON.stringify({ prompt: "p", max_tokens: 3 });
 

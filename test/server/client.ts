@@ -294,11 +294,14 @@ export interface Answer {
   json: any;
 }
 
-/** One request with any headers (fetch() will not send Origin as given), on its own connection. */
+/**
+ * One request with any headers (fetch() will not send Host, Origin or Sec-Fetch-* as given), on its own
+ * connection; `host` connects to another address than the URL's (a non-loopback interface).
+ */
 export function send(
   url: string,
   path: string,
-  options: { method?: string; headers?: Record<string, string>; body?: unknown } = {},
+  options: { method?: string; headers?: Record<string, string>; body?: unknown; host?: string } = {},
 ): Promise<Answer> {
   const { hostname, port } = new URL(url);
   const body =
@@ -310,7 +313,7 @@ export function send(
   return new Promise((resolve, reject) => {
     const req = httpRequest(
       {
-        host: hostname,
+        host: options.host ?? hostname,
         port,
         path,
         method: options.method ?? (body === undefined ? "GET" : "POST"),
