@@ -1,8 +1,8 @@
 /**
  * llama.cpp's own `llama-server`, the peer Sluice's server is measured against: where the binary built by
  * scripts/build-llama-server.sh lives, and how to start it on a free loopback port and stop it. The
- * process helpers (free port, health polling, stopping) serve the Sluice child in bench/peer.ts too, so
- * both servers are started, awaited and stopped the same way.
+ * process helpers (free port, health polling, stopping) start Sluice's own server too
+ * (`startSluiceServer`), so both servers are started, awaited and stopped the same way.
  *
  *   node --import tsx bench/llamaServer.ts     prints where the binaries are, or how to build them
  */
@@ -225,6 +225,46 @@ export async function startLlamaServer(options: LlamaServerOptions): Promise<Lla
   ];
   const server = await spawnServer({ command: binaries.server, args, url: `http://127.0.0.1:${port}` });
   return { ...server, binaries, args };
+}
+
+const REPO_ROOT = fileURLToPath(new URL("../", import.meta.url));
+
+/** The same slots, threads and context per slot as a llama-server peer, plus Sluice's own flags. */
+export type SluiceServerOptions = Omit<LlamaServerOptions, "binaries">;
+
+export interface SluiceServer extends ServerProcess {
+  /** `sluice serve` and its flags, for the record. */
+  args: string[];
+}
+
+/**
+ * Starts `sluice serve` from this checkout as a child process on a free loopback port, like llama-server, so
+ * neither side shares an event loop or cores with the benchmark's client, and waits until it is ready.
+ */
+export async function startSluiceServer(options: SluiceServerOptions): Promise<SluiceServer> {
+  const port = await freePort();
+  const flags = [
+    "--host",
+    "127.0.0.1",
+    "--port",
+    String(port),
+    "--model",
+    options.model,
+    "--slots",
+    String(options.slots),
+    "--threads",
+    String(options.threads),
+    "--context-size",
+    String(options.contextPerSlot),
+    ...(options.extraArgs ?? []),
+  ];
+  const server = await spawnServer({
+    command: process.execPath,
+    args: ["--import", "tsx", "src/cli/main.ts", "serve", ...flags],
+    url: `http://127.0.0.1:${port}`,
+    cwd: REPO_ROOT,
+  });
+  return { ...server, args: ["sluice", "serve", ...flags] };
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {

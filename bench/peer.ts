@@ -22,7 +22,6 @@
 import { execFile } from "node:child_process";
 import { request } from "node:http";
 import { basename } from "node:path";
-import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { KJV, SHORT_PROMPTS } from "./corpus.ts";
 import { gaps } from "./drivers.ts";
@@ -42,11 +41,10 @@ import {
 } from "./harness.ts";
 import {
   findLlamaBinaries,
-  freePort,
   type LlamaBinaries,
   type ServerProcess,
-  spawnServer,
   startLlamaServer,
+  startSluiceServer,
 } from "./llamaServer.ts";
 import { type BenchModelName, benchModel, type LoadedModel, loadModel } from "./models.ts";
 
@@ -57,7 +55,6 @@ const LEAD_TOKENS = 8;
 const TAIL_TOKENS = 4;
 /** Tokens the aborted long request asks for: more than either side streams before it sees the abort. */
 const VICTIM_TOKENS = 64;
-const REPO_ROOT = fileURLToPath(new URL("../", import.meta.url));
 
 interface Plan {
   /**
@@ -270,31 +267,7 @@ function prometheus(text: string): Map<string, number> {
 }
 
 async function startSluice(model: string, threads: number, contextPerSlot: number): Promise<Peer> {
-  const port = await freePort();
-  // A child process like llama-server, so neither side shares an event loop or cores with this client.
-  const server = await spawnServer({
-    command: process.execPath,
-    args: [
-      "--import",
-      "tsx",
-      "src/cli/main.ts",
-      "serve",
-      "--host",
-      "127.0.0.1",
-      "--port",
-      String(port),
-      "--model",
-      model,
-      "--slots",
-      String(SLOTS),
-      "--threads",
-      String(threads),
-      "--context-size",
-      String(contextPerSlot),
-    ],
-    url: `http://127.0.0.1:${port}`,
-    cwd: REPO_ROOT,
-  });
+  const server = await startSluiceServer({ model, slots: SLOTS, threads, contextPerSlot });
   return {
     side: "sluice",
     server,

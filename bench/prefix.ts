@@ -43,11 +43,10 @@ import {
 import {
   BUILD_COMMAND,
   findLlamaBinaries,
-  freePort,
   type LlamaBinaries,
   type ServerProcess,
-  spawnServer,
   startLlamaServer,
+  startSluiceServer,
 } from "./llamaServer.ts";
 import { type BenchModelName, benchModel } from "./models.ts";
 
@@ -55,7 +54,6 @@ const SLOTS = 4;
 const TURNS = 8;
 const SHARED_REQUESTS = 16;
 const CONCURRENCY = 4;
-const REPO_ROOT = fileURLToPath(new URL("../", import.meta.url));
 const CHAT_MODEL = fileURLToPath(new URL("../models/kjv-chat.gguf", import.meta.url));
 
 interface Plan {
@@ -231,33 +229,14 @@ interface Contender {
 }
 
 async function startSluice(plan: Plan, promptCache: boolean): Promise<Contender> {
-  const port = await freePort();
-  const args = [
-    "--import",
-    "tsx",
-    "src/cli/main.ts",
-    "serve",
-    "--host",
-    "127.0.0.1",
-    "--port",
-    String(port),
-    "--model",
-    plan.model,
-    "--slots",
-    String(SLOTS),
-    "--threads",
-    String(plan.threads),
-    "--context-size",
-    String(plan.contextPerSlot),
-    ...(promptCache ? [] : ["--no-prompt-cache"]),
-  ];
-  const server = await spawnServer({
-    command: process.execPath,
-    args,
-    url: `http://127.0.0.1:${port}`,
-    cwd: REPO_ROOT,
+  const server = await startSluiceServer({
+    model: plan.model,
+    slots: SLOTS,
+    threads: plan.threads,
+    contextPerSlot: plan.contextPerSlot,
+    extraArgs: promptCache ? [] : ["--no-prompt-cache"],
   });
-  return { name: promptCache ? "cached" : "uncached", server, args: ["sluice", ...args.slice(3)] };
+  return { name: promptCache ? "cached" : "uncached", server, args: server.args };
 }
 
 async function startLlama(plan: Plan, binaries: LlamaBinaries): Promise<Contender> {
