@@ -26,6 +26,21 @@ export interface StreamChunk {
   stop?: string | number;
   /** Set when `reason === "error"`. */
   error?: ChunkError;
+  /** With `logprobs` requested: one entry per id of `tokenIds`, in order. */
+  logprobs?: TokenLogprob[];
+}
+
+/** A generated token's log-probability and its most likely alternatives (natural log). */
+export interface TokenLogprob {
+  token: number;
+  /**
+   * Natural log of the token's probability in the distribution it was sampled from: after logit bias,
+   * penalties, grammar and, when temperature > 0, temperature and top-k/top-p/min-p (llama.cpp's
+   * post-sampling probabilities; at temperature 0 the model's own distribution, biased and penalised).
+   */
+  logprob: number;
+  /** The `logprobs` most likely tokens of that distribution, most likely first (may include `token`). */
+  top: { token: number; logprob: number }[];
 }
 
 export interface Usage {
@@ -58,6 +73,8 @@ export interface GenerationResult {
   text: string;
   /** Exactly the concatenation of every chunk's `tokenIds`. */
   tokenIds: number[];
+  /** With `logprobs` requested: the concatenation of every chunk's `logprobs`. */
+  logprobs?: TokenLogprob[];
   usage: Usage;
   timings: Timings;
 }
@@ -77,7 +94,41 @@ export interface SamplingOptions {
    * runs alone (see the README's Reproducibility).
    */
   seed?: number;
+  /**
+   * llama.cpp's repeat penalty: the logit of each token among the last `repeatLastN` context tokens (prompt
+   * and generated) is divided by it when positive, multiplied when negative. 0 < value <= 10; 1 (the
+   * default) is off.
+   */
+  repeatPenalty?: number;
+  /**
+   * How many of the last context tokens the three penalties look at (llama.cpp's `repeat_last_n`): 0 turns
+   * them off, -1 means the whole context. Defaults to 64.
+   */
+  repeatLastN?: number;
+  /** OpenAI's: subtracted once from the logit of each token in that window. -2 to 2, default 0. */
+  presencePenalty?: number;
+  /** OpenAI's: subtracted from a token's logit once per occurrence in that window. -2 to 2, default 0. */
+  frequencyPenalty?: number;
+  /**
+   * Added to the logits of the given token ids (OpenAI's `logit_bias`): -100 to 100; -100 bans the token and
+   * 100 all but forces it. End-of-generation tokens can be biased too.
+   */
+  logitBias?: Readonly<Record<number, number>>;
 }
+
+/**
+ * A grammar that constrains sampling (the engine must support grammars: `capabilities.grammar`).
+ * - `gbnf`: llama.cpp's GBNF text, whose rule `root` matches the whole output. With `trigger`, the output is
+ *   free until it contains `trigger`, and from the trigger's first character on it must match `root`
+ *   (llama.cpp's lazy grammars: tool calls that may or may not come).
+ * - `json`: any JSON object (OpenAI's `response_format: {type: "json_object"}`).
+ * - `json_schema`: JSON valid against the schema. Unsupported schema keywords are refused with
+ *   `invalid_request` naming them, never ignored.
+ */
+export type GrammarSpec =
+  | { type: "gbnf"; grammar: string; trigger?: string }
+  | { type: "json" }
+  | { type: "json_schema"; schema: Readonly<Record<string, unknown>> };
 
 /** One generation request. */
 export interface GenerationRequest extends SamplingOptions {
@@ -89,6 +140,18 @@ export interface GenerationRequest extends SamplingOptions {
   stop?: string | readonly string[];
   /** Stop token ids: generation ends after one of them is generated. */
   stopTokenIds?: readonly number[];
+  /**
+   * Generate at least this many tokens: until then end-of-generation tokens and `stopTokenIds` cannot be
+   * sampled and stop strings do not match (vLLM's `min_tokens`). Defaults to 0.
+   */
+  minTokens?: number;
+  /** Constrain the output with a grammar or a JSON schema. */
+  grammar?: GrammarSpec;
+  /**
+   * Report each generated token's log-probability with this many alternatives (0 to 20) in every chunk's
+   * `logprobs`. Off (and free) when absent.
+   */
+  logprobs?: number;
   /** Emit a chunk every N tokens (>= 1). Gates emission only; defaults to 1. */
   streamInterval?: number;
   /** Remove control tokens from `text` (token ids keep them). Defaults to true. */

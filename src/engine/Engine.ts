@@ -1,4 +1,5 @@
 import type { Vocabulary } from "../detok/Vocabulary.ts";
+import type { GrammarSpec, TokenLogprob } from "../types.ts";
 import type { ChatTemplate } from "./ChatTemplate.ts";
 
 /** Per-request sampler settings, fixed for the life of a generation. */
@@ -8,6 +9,23 @@ export interface SamplerConfig {
   topP: number;
   minP: number;
   seed: number;
+  /** llama.cpp's repeat penalty; 1 is off. */
+  repeatPenalty: number;
+  /** Context tokens the penalties look back over; 0 off, -1 the whole context. */
+  repeatLastN: number;
+  presencePenalty: number;
+  frequencyPenalty: number;
+  /** Token id → logit bias (-100 to 100), or undefined for none. */
+  logitBias: ReadonlyMap<number, number> | undefined;
+  /**
+   * Token ids that cannot be sampled while fewer than `count` tokens have been sampled for this request
+   * (`minTokens`: end-of-generation and stop tokens), or undefined.
+   */
+  suppress: { tokens: readonly number[]; count: number } | undefined;
+  /** Checked GBNF from `grammarText`, with the lazy trigger if any (needs `capabilities.grammar`). */
+  grammar: { gbnf: string; trigger?: string } | undefined;
+  /** Alternatives per sampled token to report (0-20), or undefined for no log-probabilities. */
+  logprobs: number | undefined;
 }
 
 /**
@@ -22,7 +40,9 @@ export interface StepItem {
 }
 
 /** What one item of a step produced. An error here belongs to that slot's request only. */
-export type StepOutcome = { ok: true; token: number | undefined } | { ok: false; error: unknown };
+export type StepOutcome =
+  | { ok: true; token: number | undefined; logprob?: TokenLogprob }
+  | { ok: false; error: unknown };
 
 /** What an engine can do beyond running steps. */
 export interface EngineCapabilities {
@@ -32,6 +52,10 @@ export interface EngineCapabilities {
    * always empty and the runtime starts every request from an empty slot.
    */
   promptCache: boolean;
+  /** `grammarText` compiles grammars and steps honour `SamplerConfig.grammar`. */
+  grammar: boolean;
+  /** Steps report `logprob` for items whose sampler asks for `logprobs`. */
+  logprobs: boolean;
 }
 
 export interface EngineInfo {
@@ -89,5 +113,11 @@ export interface Engine {
    * none that runs: callers then fall back to a format of their own.
    */
   chatTemplate(override?: string): ChatTemplate | undefined;
+  /**
+   * The GBNF a grammar spec compiles to (root rule `root`), checked: throws `SluiceError` `invalid_request`
+   * for GBNF that does not parse or a JSON schema using a feature the engine cannot enforce (named in the
+   * message). Present when `capabilities.grammar`.
+   */
+  grammarText?(spec: GrammarSpec): string;
   close(): Promise<void>;
 }

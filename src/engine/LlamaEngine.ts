@@ -204,7 +204,7 @@ export class LlamaEngine implements Engine {
         vocabulary,
         addBos: model.tokens.shouldPrependBosToken,
         maxStepTokens: context.batchSize,
-        capabilities: { promptCache: true },
+        capabilities: { promptCache: true, grammar: false, logprobs: false },
         backend,
         gpuLayers: model.gpuLayers,
       };

@@ -65,7 +65,7 @@ export class ScriptedEngine implements Engine {
       vocabulary,
       addBos: vocabulary.addBos,
       maxStepTokens: options.maxStepTokens ?? 512,
-      capabilities: { promptCache: options.promptCache ?? true },
+      capabilities: { promptCache: options.promptCache ?? true, grammar: false, logprobs: false },
     };
     for (let id = 0; id < vocabulary.size; id++) {
       const bytes = vocabulary.bytesOf(id);

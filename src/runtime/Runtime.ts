@@ -152,6 +152,7 @@ export class Runtime {
       tokenize: (text, opts) => this.engine.tokenize(text, opts),
       addBos: this.#addBos,
       defaultMaxTokens: this.#defaultMaxTokens,
+      grammarText: this.engine.grammarText?.bind(this.engine),
     });
     // Until its end record is out (its slot free), an id still names its request.
     if (this.#ending.has(normalized.id)) {

@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import type { EngineInfo, SamplerConfig } from "../engine/Engine.ts";
 import { SluiceError } from "../errors.ts";
-import type { GenerationRequest } from "../types.ts";
+import type { GenerationRequest, GrammarSpec } from "../types.ts";
 
 /** A request after validation: every default applied, the prompt tokenized. */
 export interface NormalizedRequest {
@@ -11,6 +11,8 @@ export interface NormalizedRequest {
   stop: string[];
   stopTokenIds: number[];
   sampler: SamplerConfig;
+  /** Tokens before end-of-generation, stop tokens and stop strings count. */
+  minTokens: number;
   streamInterval: number;
   skipSpecialTokens: boolean;
   ignoreEos: boolean;
@@ -26,6 +28,8 @@ export interface SubmissionLimits {
   addBos: boolean;
   /** Default for maxTokens when the request has none. */
   defaultMaxTokens: number;
+  /** The engine's grammar compiler (`Engine.grammarText`), when it has one. */
+  grammarText?: ((spec: GrammarSpec) => string) | undefined;
 }
 
 const KNOWN_KEYS = new Set<string>([
@@ -47,6 +51,14 @@ const KNOWN_KEYS = new Set<string>([
   "topP",
   "minP",
   "seed",
+  "repeatPenalty",
+  "repeatLastN",
+  "presencePenalty",
+  "frequencyPenalty",
+  "logitBias",
+  "minTokens",
+  "grammar",
+  "logprobs",
 ] satisfies (keyof GenerationRequest)[]);
 
 const MAX_STOPS = 16;
@@ -170,6 +182,64 @@ export function validateStreamingSubmission(
     (v) => Number.isInteger(v) && v >= 0 && v <= 0xffffffff,
     "an integer in [0, 2^32)",
   );
+  const repeatPenalty = optionalNumber(
+    request,
+    "repeatPenalty",
+    1,
+    (v) => v > 0 && v <= 10,
+    "a number in (0, 10] (1 is off)",
+  );
+  const repeatLastN = optionalNumber(
+    request,
+    "repeatLastN",
+    64,
+    (v) => Number.isInteger(v) && v >= -1,
+    "an integer >= -1 (0 off, -1 the whole context)",
+  );
+  const presencePenalty = optionalNumber(
+    request,
+    "presencePenalty",
+    0,
+    (v) => v >= -2 && v <= 2,
+    "in [-2, 2]",
+  );
+  const frequencyPenalty = optionalNumber(
+    request,
+    "frequencyPenalty",
+    0,
+    (v) => v >= -2 && v <= 2,
+    "in [-2, 2]",
+  );
+  const logitBias = parseLogitBias(request.logitBias, vocabularySize);
+  const minTokens = optionalNumber(
+    request,
+    "minTokens",
+    0,
+    (v) => Number.isInteger(v) && v >= 0 && v <= maxTokens,
+    `an integer in [0, maxTokens = ${maxTokens}]`,
+  );
+  const logprobs =
+    request.logprobs === undefined
+      ? undefined
+      : optionalNumber(
+          request,
+          "logprobs",
+          0,
+          (v) => Number.isInteger(v) && v >= 0 && v <= 20,
+          "an integer in [0, 20]",
+        );
+  if (logprobs !== undefined && !info.capabilities.logprobs) {
+    throw invalid("logprobs", `The engine (${info.model}) cannot report log-probabilities; remove logprobs.`);
+  }
+  const grammar = request.grammar === undefined ? undefined : compileGrammar(request.grammar, info, limits);
+  // Until minTokens are out, nothing that would end the generation may be sampled.
+  const suppress =
+    minTokens > 0
+      ? {
+          tokens: [...new Set([...(ignoreEosOf(request) ? [] : info.vocabulary.eogIds), ...stopTokenIds])],
+          count: minTokens,
+        }
+      : undefined;
   const streamInterval = Math.max(
     1,
     Math.floor(optionalNumber(request, "streamInterval", 1, (v) => v > 0, "a number >= 1")),
@@ -181,7 +251,22 @@ export function validateStreamingSubmission(
     maxTokens,
     stop: [...stop],
     stopTokenIds: [...stopTokenIds],
-    sampler: { temperature, topK, topP, minP, seed },
+    sampler: {
+      temperature,
+      topK,
+      topP,
+      minP,
+      seed,
+      repeatPenalty,
+      repeatLastN,
+      presencePenalty,
+      frequencyPenalty,
+      logitBias,
+      suppress,
+      grammar,
+      logprobs,
+    },
+    minTokens,
     streamInterval,
     skipSpecialTokens: optionalBoolean(request, "skipSpecialTokens", true),
     ignoreEos: optionalBoolean(request, "ignoreEos", false),
@@ -189,6 +274,62 @@ export function validateStreamingSubmission(
     cachePrompt: optionalBoolean(request, "cachePrompt", true),
     signal: request.signal,
   };
+}
+
+function ignoreEosOf(request: GenerationRequest): boolean {
+  return request.ignoreEos === true;
+}
+
+/** OpenAI's logit_bias as a map: keys are token ids (numbers or their decimal strings), values -100 to 100. */
+function parseLogitBias(value: unknown, vocabularySize: number): Map<number, number> | undefined {
+  if (value === undefined) return undefined;
+  const rule = `logitBias must map token ids in [0, ${vocabularySize}) to numbers in [-100, 100]`;
+  if (value === null || typeof value !== "object" || Array.isArray(value))
+    throw invalid("logitBias", `${rule}.`);
+  const bias = new Map<number, number>();
+  for (const [key, v] of Object.entries(value)) {
+    const token = /^(0|[1-9][0-9]*)$/.test(key) ? Number(key) : Number.NaN;
+    if (!isTokenId(token, vocabularySize))
+      throw invalid("logitBias", `${rule}; ${JSON.stringify(key)} is not one.`);
+    if (typeof v !== "number" || !Number.isFinite(v) || v < -100 || v > 100) {
+      throw invalid("logitBias", `${rule}; token ${key} has ${JSON.stringify(v)}.`);
+    }
+    if (v !== 0) bias.set(token, v);
+  }
+  return bias.size > 0 ? bias : undefined;
+}
+
+function compileGrammar(
+  spec: GrammarSpec,
+  info: EngineInfo,
+  limits: SubmissionLimits,
+): { gbnf: string; trigger?: string } {
+  if (!info.capabilities.grammar || limits.grammarText === undefined) {
+    throw invalid(
+      "grammar",
+      `The engine (${info.model}) cannot constrain sampling with a grammar; remove grammar.`,
+    );
+  }
+  const kinds = ["gbnf", "json", "json_schema"];
+  if (spec === null || typeof spec !== "object" || !kinds.includes((spec as { type?: string }).type ?? "")) {
+    throw invalid(
+      "grammar",
+      'grammar must be { type: "gbnf", grammar }, { type: "json" } or { type: "json_schema", schema }.',
+    );
+  }
+  if (spec.type === "gbnf") {
+    if (typeof spec.grammar !== "string" || spec.grammar.trim() === "") {
+      throw invalid("grammar", "grammar.grammar must be GBNF text with a root rule.");
+    }
+    if (spec.trigger !== undefined && (typeof spec.trigger !== "string" || spec.trigger === "")) {
+      throw invalid("grammar", "grammar.trigger must be a non-empty string.");
+    }
+  }
+  if (spec.type === "json_schema" && (spec.schema === null || typeof spec.schema !== "object")) {
+    throw invalid("grammar", "grammar.schema must be a JSON schema object.");
+  }
+  const gbnf = limits.grammarText(spec);
+  return spec.type === "gbnf" && spec.trigger !== undefined ? { gbnf, trigger: spec.trigger } : { gbnf };
 }
 
 function tooLong(what: string, contextSize: number): SluiceError {

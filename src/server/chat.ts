@@ -39,6 +39,7 @@ export function createChatFormatter(engine: Engine, template?: string): ChatForm
 
 function text(message: ChatMessage): string {
   const { content } = message;
+  if (content == null) return "";
   return typeof content === "string" ? content : content.map((part) => part.text as string).join("");
 }
 

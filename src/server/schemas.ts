@@ -80,12 +80,47 @@ const contentPart = z
     error: 'only { "type": "text", "text": "..." } content parts are supported (the model reads text only)',
   });
 
-const message = z.strictObject({
-  role: z.enum(["system", "developer", "user", "assistant"]),
-  content: z.union([z.string(), z.array(contentPart)], {
-    error: "must be a string or an array of text parts",
+/** An assistant message's call of a tool (OpenAI's shape; `arguments` is a JSON text). */
+const toolCall = z.strictObject({
+  id: z.string(),
+  type: z.literal("function"),
+  function: z.strictObject({ name: z.string().min(1), arguments: z.string() }),
+});
+
+const message = z
+  .strictObject({
+    role: z.enum(["system", "developer", "user", "assistant", "tool"]),
+    // An assistant message that calls tools may have no content.
+    content: z
+      .union([z.string(), z.array(contentPart)], {
+        error: "must be a string or an array of text parts",
+      })
+      .nullish(),
+    name: z.string().optional(),
+    tool_calls: z.array(toolCall).nullish(),
+    tool_call_id: z.string().nullish(),
+    refusal: z.string().nullish(),
+  })
+  .refine((m) => m.content != null || (m.role === "assistant" && (m.tool_calls?.length ?? 0) > 0), {
+    error: "content is required (only an assistant message with tool_calls may omit it)",
+    path: ["content"],
+  })
+  .refine((m) => m.tool_calls == null || m.role === "assistant", {
+    error: "only assistant messages carry tool_calls",
+    path: ["tool_calls"],
+  });
+
+/** A function the model may call (OpenAI's `tools` entry). */
+export const toolSchema = z.strictObject({
+  type: z.literal("function"),
+  function: z.strictObject({
+    name: z.string().regex(/^[a-zA-Z0-9_-]{1,64}$/, {
+      error: "must be 1-64 letters, digits, underscores or dashes",
+    }),
+    description: z.string().nullish(),
+    parameters: z.record(z.string(), z.unknown()).nullish(),
+    strict: z.boolean().nullish(),
   }),
-  name: z.string().optional(),
 });
 
 export const chatRequestSchema = z.strictObject({
