@@ -1,0 +1,120 @@
+import { randomUUID } from "node:crypto";
+import { createStreamChannel, type StreamChannel } from "../channel/index.ts";
+import { SluiceError } from "../errors.ts";
+import { type AttemptOutcome, runAttempt } from "./runAttempt.ts";
+import { UpstreamWriter } from "./UpstreamWriter.ts";
+import type { GenerationKind } from "./upstreamEvent.ts";
+
+/** An OpenAI-style request body: `/v1/chat/completions` or `/v1/completions`, as a client would send it. */
+export type OpenAIBody = Record<string, unknown>;
+
+export interface UpstreamGenerateOptions {
+  /** `"chat"` (`/v1/chat/completions`, the default) or `"completion"` (`/v1/completions`). */
+  kind?: GenerationKind;
+  /** Aborting it is the same as `channel.cancel()`: the upstream request is aborted at once. */
+  signal?: AbortSignal;
+  /** The channel's id; a random UUID when absent. */
+  id?: string;
+  /** Make `channel.result` reject with a `SluiceError` on an `error` finish. Defaults to false. */
+  rejectOnError?: boolean;
+}
+
+export interface StreamFromUpstreamOptions extends UpstreamGenerateOptions {
+  /** The upstream's base URL, `http://host:port`. */
+  url: string;
+  apiKey?: string;
+  /** Defaults to 30 000. */
+  headersTimeoutMs?: number;
+  /** Defaults to 60 000. */
+  idleTimeoutMs?: number;
+}
+
+/** The route of each kind. */
+export const ROUTE_PATH: Record<GenerationKind, string> = {
+  chat: "/v1/chat/completions",
+  completion: "/v1/completions",
+};
+
+/**
+ * The body sent upstream: the client's, with `stream: true` and `stream_options.include_usage: true`
+ * (the gateway re-renders the stream for its own client, and wants the upstream's usage). Throws
+ * `invalid_request` for what cannot be streamed through one channel (not an object, `n` above 1).
+ */
+export function upstreamBody(body: unknown): string {
+  if (typeof body !== "object" || body === null || Array.isArray(body)) {
+    throw new SluiceError("invalid_request", "The request body must be a JSON object.");
+  }
+  const b = body as OpenAIBody;
+  if (b.n !== undefined && b.n !== null && b.n !== 1) {
+    throw new SluiceError("invalid_request", "n must be 1: one generation streams through one channel.", {
+      param: "n",
+    });
+  }
+  const streamOptions =
+    typeof b.stream_options === "object" && b.stream_options !== null ? b.stream_options : {};
+  return JSON.stringify({ ...b, stream: true, stream_options: { ...streamOptions, include_usage: true } });
+}
+
+/**
+ * One generation served by one OpenAI-compatible upstream (llama-server, vLLM, another Sluice), through a
+ * `StreamChannel` with the runtime's guarantees: deltas of well-formed text (and token ids when the
+ * upstream sends them), exactly one terminal chunk on every path, usage and timings in the result. A cancel
+ * (any path: `cancel()`, `break`, `signal`) aborts the upstream HTTP request at once and finishes the
+ * channel `cancelled` without waiting for the upstream. Upstream failures finish it with `error` and an
+ * `upstream_*` code (see `UpstreamErrorCode`). Throws `invalid_request` synchronously for a body that cannot
+ * be sent. For several upstreams, retries and routing, use `UpstreamPool`.
+ */
+export function streamFromUpstream(body: OpenAIBody, options: StreamFromUpstreamOptions): StreamChannel {
+  const payload = upstreamBody(body);
+  const kind = options.kind ?? "chat";
+  const abort = new AbortController();
+  let writer: UpstreamWriter | undefined;
+  const { channel, producer } = createStreamChannel({
+    id: options.id ?? randomUUID(),
+    ...(options.signal ? { signal: options.signal } : {}),
+    ...(options.rejectOnError ? { rejectOnError: true } : {}),
+    onCancel: () => {
+      writer?.finish("cancelled");
+      abort.abort("cancelled");
+    },
+  });
+  writer = new UpstreamWriter(producer);
+  const w = writer;
+  if (producer.cancelled) abort.abort("cancelled");
+  void runAttempt(
+    {
+      baseUrl: options.url.replace(/\/+$/, "").replace(/\/v1$/, ""),
+      path: ROUTE_PATH[kind],
+      ...(options.apiKey !== undefined ? { apiKey: options.apiKey } : {}),
+      body: payload,
+      signal: abort.signal,
+      headersTimeoutMs: options.headersTimeoutMs ?? 30_000,
+      idleTimeoutMs: options.idleTimeoutMs ?? 60_000,
+    },
+    { accepted: () => w.accepted(), delta: (text, ids) => w.push(text, ids) },
+  ).then(
+    (outcome) => settle(w, outcome),
+    (error) => w.finish("error", { error: { code: "internal_error", message: String(error) } }),
+  );
+  return channel;
+}
+
+/** Finishes the channel as an attempt's outcome says (a no-op when it already finished). */
+export function settle(writer: UpstreamWriter, outcome: AttemptOutcome): void {
+  switch (outcome.kind) {
+    case "aborted":
+      writer.finish("cancelled");
+      return;
+    case "failed":
+      writer.finish("error", { error: { code: outcome.failure.code, message: outcome.failure.message } });
+      return;
+    case "finished": {
+      const { finish, usage } = outcome;
+      writer.finish(finish.reason, {
+        ...(finish.stop !== undefined ? { stop: finish.stop } : {}),
+        ...(finish.error !== undefined ? { error: finish.error } : {}),
+        ...(usage !== undefined ? { usage } : {}),
+      });
+    }
+  }
+}
