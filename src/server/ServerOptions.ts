@@ -114,6 +114,12 @@ export interface ServerOptions {
   logDestination?: LogDestination;
   /** A Jinja chat template to use instead of the GGUF's `tokenizer.chat_template`. Defaults to the model's own. */
   chatTemplate?: string;
+  /**
+   * Send only OpenAI's `finish_reason` values, for strictly typed clients: a cancelled generation (DELETE,
+   * deadline, shutdown) and a failed one (followed by the error event) say `stop`; the `sluice.reason` of
+   * the final chunk still says `cancelled` or `error`. Defaults to false: `cancelled` and `error` are sent.
+   */
+  strictFinishReason?: boolean;
   /** Folder served at `/` and `/web/*` (the playground). Defaults to the package's `web/` folder. */
   webRoot?: string;
 }
@@ -139,6 +145,7 @@ export interface ResolvedServerOptions {
   servedModelNames: readonly string[];
   strictModelName: boolean;
   chatTemplate: string | undefined;
+  strictFinishReason: boolean;
   webRoot: string;
   logLevel: LogLevel;
   logDestination: LogDestination | undefined;
@@ -233,6 +240,7 @@ const schema = z
         )
         .optional(),
       chatTemplate: text.optional(),
+      strictFinishReason: z.boolean({ error: "must be true or false" }).optional(),
       webRoot: text.optional(),
     },
     { error: "must be an object" },
@@ -318,6 +326,7 @@ export function resolveServerOptions(options: unknown): ResolvedServerOptions {
     servedModelNames: o.servedModelNames ?? (o.modelName === undefined ? [] : [o.modelName]),
     strictModelName: o.strictModelName ?? false,
     chatTemplate: o.chatTemplate,
+    strictFinishReason: o.strictFinishReason ?? false,
     webRoot: o.webRoot ?? DEFAULT_WEB_ROOT,
     logLevel: o.logLevel ?? "silent",
     logDestination: o.logDestination,

@@ -1,13 +1,23 @@
-import type { FinishReason, GenerationResult, Timings } from "../types.ts";
+import type { FinishReason, GenerationResult, Timings, TokenLogprob } from "../types.ts";
+import type { LogprobRenderer } from "./logprobs.ts";
 
-/** OpenAI's finish_reason for each runtime reason (`cancelled` and `error` are Sluice's additions). */
-export function finishReason(reason: FinishReason): "stop" | "length" | "cancelled" | "error" {
+/** The finish_reason values Sluice sends: OpenAI's, plus `cancelled` and `error` unless strict. */
+export type WireFinishReason = "stop" | "length" | "tool_calls" | "cancelled" | "error";
+
+/**
+ * OpenAI's finish_reason for each runtime reason. `cancelled` and `error` are Sluice's additions; `strict`
+ * (the `strictFinishReason` option) sends `stop` for both, since strictly typed clients accept only OpenAI's
+ * values (`sluice.reason` keeps the runtime's reason, and an `error` is followed by the error event anyway).
+ */
+export function finishReason(reason: FinishReason, strict = false): WireFinishReason {
   switch (reason) {
     case "eos":
     case "stop":
       return "stop";
+    case "length":
+      return "length";
     default:
-      return reason;
+      return strict ? "stop" : reason;
   }
 }
 
@@ -20,18 +30,55 @@ export interface SluiceExtension {
   cancel?: { stepsToFree: number; msToFree: number; msToTerminal: number };
 }
 
-/** The JSON of one kind of response (text completion or chat), built per request. */
+/**
+ * What one streamed delta of one choice carries, for the general path (`deltaOf`): text, the log-probabilities
+ * of its tokens, tool-call fragments (chat: OpenAI's `delta.tool_calls` entries, as given). Plain text takes
+ * the fast path (`delta`) instead.
+ */
+export interface ChoiceDelta {
+  content?: string;
+  /** The runtime's entries for the delta's tokens; rendered only when the request asked for them. */
+  logprobs?: readonly TokenLogprob[];
+  toolCalls?: readonly unknown[];
+}
+
+/** What a choice's finish chunk may still carry, and a finish_reason that overrides the result's. */
+export interface ChoiceRest extends ChoiceDelta {
+  finishReason?: WireFinishReason;
+}
+
+/** One choice of a whole (non-streaming) response. */
+export interface Choice {
+  result: GenerationResult;
+  extension: SluiceExtension;
+  /**
+   * The choice's text when it is not the result's own (completions' `echo` puts the prompt in front; chat:
+   * null when the output was all tool calls).
+   */
+  text?: string | null;
+  /** Chat: the message's `tool_calls` (OpenAI's shape), when the output was parsed into calls. */
+  toolCalls?: readonly unknown[];
+  /** Overrides the finish_reason derived from the result (e.g. `tool_calls`). */
+  finishReason?: WireFinishReason;
+}
+
+/** The JSON of one kind of response (text completion or chat), built per request; `index`: the choice. */
 export interface ResponseShape {
-  /** An event before the first delta (chat: the assistant role), if the format has one. */
-  opening(): string | undefined;
-  /** A content delta. Built by concatenation: this runs once per token. */
-  delta(text: string): string;
-  /** The one chunk with `finish_reason`. */
-  finish(result: GenerationResult, extension: SluiceExtension): string;
-  /** The usage chunk of `stream_options.include_usage`. */
-  usage(result: GenerationResult): string;
-  /** The whole non-streaming response. */
-  body(result: GenerationResult, extension: SluiceExtension): unknown;
+  /** An event before the first delta of a choice (chat: the assistant role), if the format has one. */
+  opening(index: number): string | undefined;
+  /** A text delta. Built by concatenation: this runs once per token. */
+  delta(text: string, index: number): string;
+  /** Any delta (log-probabilities, tool calls): one JSON.stringify, off the plain text path. */
+  deltaOf(index: number, delta: ChoiceDelta): string;
+  /**
+   * The one chunk of a choice with `finish_reason`; `rest`: log-probabilities of tokens that reached no
+   * text delta (a stop string's, a partial character's), or a last tool-call fragment.
+   */
+  finish(index: number, result: GenerationResult, extension: SluiceExtension, rest?: ChoiceRest): string;
+  /** The usage chunk of `stream_options.include_usage`, over every choice. */
+  usage(results: readonly GenerationResult[]): string;
+  /** The whole non-streaming response; `choices[i]` is choice i. */
+  body(choices: readonly Choice[]): unknown;
 }
 
 export interface ShapeInit {
@@ -40,16 +87,26 @@ export interface ShapeInit {
   /** Unix seconds. */
   created: number;
   includeUsage: boolean;
+  /** Only OpenAI's finish_reason values (see `finishReason`). Defaults to false. */
+  strictFinishReason?: boolean;
+  /** Set when the request asked for log-probabilities: responses carry them in the route's shape. */
+  logprobs?: LogprobRenderer;
 }
 
-function usageOf(result: GenerationResult) {
-  const { promptTokens, completionTokens, cachedTokens } = result.usage;
+/**
+ * Usage over every choice of one request, as OpenAI counts it: the prompt once (every choice reads the same
+ * one), the completion tokens of all choices.
+ */
+function usageOf(results: readonly GenerationResult[]) {
+  const first = results[0]!.usage;
+  let completionTokens = 0;
+  for (const result of results) completionTokens += result.usage.completionTokens;
   return {
-    prompt_tokens: promptTokens,
+    prompt_tokens: first.promptTokens,
     completion_tokens: completionTokens,
-    total_tokens: promptTokens + completionTokens,
+    total_tokens: first.promptTokens + completionTokens,
     // OpenAI's field for prompt tokens served from the prompt cache.
-    prompt_tokens_details: { cached_tokens: cachedTokens },
+    prompt_tokens_details: { cached_tokens: first.cachedTokens },
   };
 }
 
@@ -57,30 +114,75 @@ function envelope(init: ShapeInit, object: string) {
   return { id: init.id, object, created: init.created, model: init.model };
 }
 
+/** Per-index strings built once: choice 0 of a one-choice request costs what it always did. */
+function perIndex(build: (index: number) => string): (index: number) => string {
+  const built: string[] = [];
+  return (index) => (built[index] ??= build(index));
+}
+
+/**
+ * Timings and the extension: top-level for one choice (as always); with several, each choice carries its
+ * own `sluice` object and the top level keeps choice 0's.
+ */
+function extensions(choices: readonly Choice[]) {
+  return { timings: choices[0]!.result.timings, sluice: choices[0]!.extension };
+}
+
 export function completionShape(init: ShapeInit): ResponseShape {
   const head = JSON.stringify(envelope(init, "text_completion")).slice(0, -1);
   const usageNull = init.includeUsage ? ',"usage":null' : "";
+  const strict = init.strictFinishReason === true;
   const prefix = `${head},"choices":[{"text":`;
-  const suffix = `,"index":0,"logprobs":null,"finish_reason":null}]${usageNull}}`;
+  const suffix = perIndex((index) => `,"index":${index},"logprobs":null,"finish_reason":null}]${usageNull}}`);
+  const renderer = init.logprobs;
+  // Where each choice's next token starts in its text (the legacy shape's text_offset).
+  const offsets: number[] = [];
+  const legacy = (index: number, logprobs: readonly TokenLogprob[] | undefined) => {
+    if (renderer === undefined) return null;
+    const { logprobs: value, end } = renderer.legacy(logprobs ?? [], offsets[index] ?? 0);
+    offsets[index] = end;
+    return value;
+  };
+  const chunk = (choice: Record<string, unknown>, extra: Record<string, unknown> = {}) =>
+    JSON.stringify({
+      ...envelope(init, "text_completion"),
+      choices: [choice],
+      ...(init.includeUsage ? { usage: null } : {}),
+      ...extra,
+    });
   return {
     opening: () => undefined,
-    delta: (text) => prefix + JSON.stringify(text) + suffix,
-    finish: (result, extension) =>
-      JSON.stringify({
-        ...envelope(init, "text_completion"),
-        choices: [{ text: "", index: 0, logprobs: null, finish_reason: finishReason(result.reason) }],
-        ...(init.includeUsage ? { usage: null } : {}),
-        timings: result.timings,
-        sluice: extension,
+    delta: (text, index) => prefix + JSON.stringify(text) + suffix(index),
+    deltaOf: (index, delta) =>
+      chunk({
+        text: delta.content ?? "",
+        index,
+        logprobs: legacy(index, delta.logprobs),
+        finish_reason: null,
       }),
-    usage: (result) =>
-      JSON.stringify({ ...envelope(init, "text_completion"), choices: [], usage: usageOf(result) }),
-    body: (result, extension) => ({
+    finish: (index, result, extension, rest) =>
+      chunk(
+        {
+          text: rest?.content ?? "",
+          index,
+          logprobs: rest?.logprobs?.length ? legacy(index, rest.logprobs) : null,
+          finish_reason: rest?.finishReason ?? finishReason(result.reason, strict),
+        },
+        { timings: result.timings, sluice: extension },
+      ),
+    usage: (results) =>
+      JSON.stringify({ ...envelope(init, "text_completion"), choices: [], usage: usageOf(results) }),
+    body: (choices) => ({
       ...envelope(init, "text_completion"),
-      choices: [{ text: result.text, index: 0, logprobs: null, finish_reason: finishReason(result.reason) }],
-      usage: usageOf(result),
-      timings: result.timings,
-      sluice: extension,
+      choices: choices.map((choice, index) => ({
+        text: choice.text === undefined ? choice.result.text : (choice.text ?? ""),
+        index,
+        logprobs: renderer === undefined ? null : renderer.legacy(choice.result.logprobs ?? [], 0).logprobs,
+        finish_reason: choice.finishReason ?? finishReason(choice.result.reason, strict),
+        ...(choices.length > 1 ? { sluice: choice.extension } : {}),
+      })),
+      usage: usageOf(choices.map((c) => c.result)),
+      ...extensions(choices),
     }),
   };
 }
@@ -91,8 +193,12 @@ export function chatShape(init: ShapeInit): ResponseShape {
     -1,
   );
   const usageNull = init.includeUsage ? ',"usage":null' : "";
-  const prefix = `${head},"choices":[{"index":0,"delta":{"content":`;
+  const strict = init.strictFinishReason === true;
+  const prefix = perIndex((index) => `${head},"choices":[{"index":${index},"delta":{"content":`);
   const suffix = `},"logprobs":null,"finish_reason":null}]${usageNull}}`;
+  const renderer = init.logprobs;
+  const logprobsOf = (entries: readonly TokenLogprob[] | undefined) =>
+    renderer === undefined ? null : { content: renderer.chat(entries ?? []), refusal: null };
   const chunk = (choices: unknown[], extra: Record<string, unknown> = {}) =>
     JSON.stringify({
       ...envelope(init, "chat.completion.chunk"),
@@ -100,33 +206,62 @@ export function chatShape(init: ShapeInit): ResponseShape {
       choices,
       ...extra,
     });
+  const nullUsage = init.includeUsage ? { usage: null } : {};
   return {
-    opening: () =>
-      chunk([{ index: 0, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }], {
-        ...(init.includeUsage ? { usage: null } : {}),
-      }),
-    delta: (text) => prefix + JSON.stringify(text) + suffix,
-    finish: (result, extension) =>
-      chunk([{ index: 0, delta: {}, logprobs: null, finish_reason: finishReason(result.reason) }], {
-        ...(init.includeUsage ? { usage: null } : {}),
-        timings: result.timings,
-        sluice: extension,
-      }),
-    usage: (result) => chunk([], { usage: usageOf(result) }),
-    body: (result, extension) => ({
+    opening: (index) =>
+      chunk(
+        [{ index, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }],
+        nullUsage,
+      ),
+    delta: (text, index) => prefix(index) + JSON.stringify(text) + suffix,
+    deltaOf: (index, delta) =>
+      chunk(
+        [
+          {
+            index,
+            delta: {
+              ...(delta.content !== undefined ? { content: delta.content } : {}),
+              ...(delta.toolCalls !== undefined ? { tool_calls: delta.toolCalls } : {}),
+            },
+            logprobs: delta.logprobs === undefined ? null : logprobsOf(delta.logprobs),
+            finish_reason: null,
+          },
+        ],
+        nullUsage,
+      ),
+    finish: (index, result, extension, rest) =>
+      chunk(
+        [
+          {
+            index,
+            delta: {
+              ...(rest?.content ? { content: rest.content } : {}),
+              ...(rest?.toolCalls !== undefined ? { tool_calls: rest.toolCalls } : {}),
+            },
+            logprobs: rest?.logprobs?.length ? logprobsOf(rest.logprobs) : null,
+            finish_reason: rest?.finishReason ?? finishReason(result.reason, strict),
+          },
+        ],
+        { ...nullUsage, timings: result.timings, sluice: extension },
+      ),
+    usage: (results) => chunk([], { usage: usageOf(results) }),
+    body: (choices) => ({
       ...envelope(init, "chat.completion"),
       system_fingerprint: null,
-      choices: [
-        {
-          index: 0,
-          message: { role: "assistant", content: result.text, refusal: null },
-          logprobs: null,
-          finish_reason: finishReason(result.reason),
+      choices: choices.map((choice, index) => ({
+        index,
+        message: {
+          role: "assistant",
+          content: choice.text === undefined ? choice.result.text : choice.text,
+          refusal: null,
+          ...(choice.toolCalls !== undefined ? { tool_calls: choice.toolCalls } : {}),
         },
-      ],
-      usage: usageOf(result),
-      timings: result.timings,
-      sluice: extension,
+        logprobs: logprobsOf(choice.result.logprobs),
+        finish_reason: choice.finishReason ?? finishReason(choice.result.reason, strict),
+        ...(choices.length > 1 ? { sluice: choice.extension } : {}),
+      })),
+      usage: usageOf(choices.map((c) => c.result)),
+      ...extensions(choices),
     }),
   };
 }

@@ -2,8 +2,10 @@ import { z } from "zod";
 
 /**
  * Request bodies of the OpenAI-compatible routes. Objects are strict: a field Sluice does not implement is
- * refused with a message naming it, never silently ignored. Extensions beyond OpenAI (vLLM's names): top_k,
- * min_p, skip_special_tokens, stream_interval, ignore_eos; and llama-server's cache_prompt.
+ * refused with a message naming it, never silently ignored. Extensions beyond OpenAI: vLLM's top_k, min_p,
+ * skip_special_tokens, stream_interval, ignore_eos, stop_token_ids, min_tokens, continue_final_message and
+ * add_generation_prompt; llama-server's cache_prompt, repeat_penalty, repeat_last_n and grammar. See the
+ * field table in README.md.
  */
 
 /** A field OpenAI defines that Sluice does not implement: accepted only at its "off" value. */
@@ -16,14 +18,34 @@ function unsupported(name: string, why: string, off: (value: unknown) => boolean
     .optional();
 }
 
-function zeroOnly(name: string) {
-  return z
-    .number()
-    .refine((value) => value === 0, {
-      error: `${name} must be 0: the sampler applies no repetition penalties`,
-    })
-    .nullish();
-}
+/** Most choices one request may ask for, whatever the slot count (see `maxChoices` in routes/generation.ts). */
+export const MAX_N = 128;
+
+/** Most alternatives per token in `top_logprobs` (chat) and `logprobs` (completions). */
+export const MAX_TOP_LOGPROBS = 20;
+
+/** OpenAI's `response_format`: text, any JSON object, or JSON valid against a schema. */
+const responseFormat = z.discriminatedUnion(
+  "type",
+  [
+    z.strictObject({ type: z.literal("text") }),
+    z.strictObject({ type: z.literal("json_object") }),
+    z.strictObject({
+      type: z.literal("json_schema"),
+      json_schema: z.strictObject({
+        name: z.string().regex(/^[a-zA-Z0-9_-]{1,64}$/, {
+          error: "must be 1-64 letters, digits, underscores or dashes",
+        }),
+        description: z.string().nullish(),
+        schema: z.record(z.string(), z.unknown(), { error: "must be a JSON schema (an object)" }).nullish(),
+        strict: z.boolean().nullish(),
+      }),
+    }),
+  ],
+  { error: 'type must be "text", "json_object" or "json_schema"' },
+);
+
+const penalty = z.number().min(-2).max(2).nullish();
 
 const sampling = {
   model: z.string().min(1).optional(),
@@ -41,17 +63,27 @@ const sampling = {
       error: "must be a non-empty string or an array of at most 16 non-empty strings",
     })
     .nullish(),
+  stop_token_ids: z.array(z.int().min(0), { error: "must be an array of token ids" }).max(64).nullish(),
   max_tokens: z.int().min(1).nullish(),
+  min_tokens: z.int().min(0).nullish(),
   stream: z.boolean().nullish(),
   stream_options: z
     .strictObject({ include_usage: z.boolean().nullish(), include_obfuscation: z.boolean().nullish() })
     .nullish(),
-  n: z
-    .literal(1, { error: "must be 1: one completion per request (send several requests instead)" })
+  n: z.int().min(1).max(MAX_N).nullish(),
+  presence_penalty: penalty,
+  frequency_penalty: penalty,
+  repeat_penalty: z.number().gt(0, { error: "must be > 0 (1 is off)" }).max(10).nullish(),
+  repeat_last_n: z.int().min(-1, { error: "must be >= -1 (0 off, -1 the whole context)" }).nullish(),
+  logit_bias: z
+    .record(
+      z.string().regex(/^(0|[1-9][0-9]*)$/, { error: "keys must be token ids (decimal strings)" }),
+      z.number().min(-100).max(100),
+      { error: "must map token ids to biases from -100 to 100" },
+    )
     .nullish(),
-  presence_penalty: zeroOnly("presence_penalty"),
-  frequency_penalty: zeroOnly("frequency_penalty"),
-  logit_bias: unsupported("logit_bias", "the sampler takes no per-token biases", (v) => isEmptyObject(v)),
+  response_format: responseFormat.nullish(),
+  grammar: z.string().trim().min(1, { error: "must be GBNF text with a root rule" }).nullish(),
   user: z.string().nullish(),
   metadata: z.record(z.string(), z.unknown()).nullish(),
   skip_special_tokens: z.boolean().nullish(),
@@ -62,17 +94,37 @@ const sampling = {
 
 const tokenIds = z.array(z.int()).min(1);
 
-export const completionRequestSchema = z.strictObject({
-  ...sampling,
-  prompt: z.union([z.string(), tokenIds, z.tuple([z.string()]), z.tuple([tokenIds])], {
-    error:
-      "must be a string, an array of token ids, or a one-element array of either (one prompt per request)",
-  }),
-  logprobs: unsupported("logprobs", "no log-probabilities are returned"),
-  echo: unsupported("echo", "the prompt is not echoed"),
-  best_of: unsupported("best_of > 1", "one completion per request", (v) => v === 1),
-  suffix: unsupported("suffix", "no fill-in-the-middle", (v) => v === ""),
-});
+export const completionRequestSchema = z
+  .strictObject({
+    ...sampling,
+    prompt: z.union([z.string(), tokenIds, z.tuple([z.string()]), z.tuple([tokenIds])], {
+      error:
+        "must be a string, an array of token ids, or a one-element array of either (one prompt per request)",
+    }),
+    logprobs: z.int().min(0).max(MAX_TOP_LOGPROBS).nullish(),
+    echo: z.boolean().nullish(),
+    best_of: z.int().min(1).max(MAX_N).nullish(),
+    suffix: unsupported("suffix", "no fill-in-the-middle", (v) => v === ""),
+  })
+  .superRefine((body, context) => {
+    oneConstraint(body, context);
+    const n = body.n ?? 1;
+    if (body.best_of != null && body.best_of !== 1 && body.best_of !== n) {
+      context.addIssue({
+        code: "custom",
+        path: ["best_of"],
+        message: `must be 1 or equal to n (${n}): every completion is returned, none is ranked and dropped; ask for n instead`,
+      });
+    }
+    if (body.echo === true && body.logprobs != null) {
+      context.addIssue({
+        code: "custom",
+        path: ["echo"],
+        message:
+          "cannot be combined with logprobs: the prompt's tokens are not scored (only generated ones are); drop echo or logprobs",
+      });
+    }
+  });
 
 const contentPart = z
   .looseObject({ type: z.string(), text: z.unknown().optional() })
@@ -123,22 +175,52 @@ export const toolSchema = z.strictObject({
   }),
 });
 
-export const chatRequestSchema = z.strictObject({
-  ...sampling,
-  messages: z.array(message).min(1, { error: "must hold at least one message" }),
-  max_completion_tokens: z.int().min(1).nullish(),
-  logprobs: unsupported("logprobs", "no log-probabilities are returned"),
-  top_logprobs: unsupported("top_logprobs", "no log-probabilities are returned", (v) => v === 0),
-  tools: unsupported("tools", "no tool calling", (v) => Array.isArray(v) && v.length === 0),
-  tool_choice: unsupported("tool_choice", "no tool calling", (v) => v === "none"),
-  parallel_tool_calls: unsupported("parallel_tool_calls", "no tool calling"),
-  functions: unsupported("functions", "no function calling", (v) => Array.isArray(v) && v.length === 0),
-  response_format: unsupported(
-    "response_format",
-    "only plain text output",
-    (v) => (v as { type?: unknown })?.type === "text",
-  ),
-});
+export const chatRequestSchema = z
+  .strictObject({
+    ...sampling,
+    messages: z.array(message).min(1, { error: "must hold at least one message" }),
+    max_completion_tokens: z.int().min(1).nullish(),
+    logprobs: z.boolean().nullish(),
+    top_logprobs: z.int().min(0).max(MAX_TOP_LOGPROBS).nullish(),
+    continue_final_message: z.boolean().nullish(),
+    add_generation_prompt: z.boolean().nullish(),
+    tools: unsupported("tools", "no tool calling", (v) => Array.isArray(v) && v.length === 0),
+    tool_choice: unsupported("tool_choice", "no tool calling", (v) => v === "none"),
+    parallel_tool_calls: unsupported("parallel_tool_calls", "no tool calling"),
+    functions: unsupported("functions", "no function calling", (v) => Array.isArray(v) && v.length === 0),
+  })
+  .superRefine((body, context) => {
+    oneConstraint(body, context);
+    if (body.top_logprobs != null && body.logprobs !== true) {
+      context.addIssue({
+        code: "custom",
+        path: ["top_logprobs"],
+        message: "needs logprobs: true (alternatives are reported with each token's own log-probability)",
+      });
+    }
+    if (body.continue_final_message === true && body.add_generation_prompt === true) {
+      context.addIssue({
+        code: "custom",
+        path: ["add_generation_prompt"],
+        message:
+          "cannot be true with continue_final_message: the final message is continued, no new turn is opened",
+      });
+    }
+  });
+
+/** A grammar and a response_format other than text would be two constraints on one output. */
+function oneConstraint(
+  body: { grammar?: string | null | undefined; response_format?: ResponseFormat | null | undefined },
+  context: z.core.$RefinementCtx,
+): void {
+  if (body.grammar != null && body.response_format != null && body.response_format.type !== "text") {
+    context.addIssue({
+      code: "custom",
+      path: ["grammar"],
+      message: `cannot be combined with response_format ${body.response_format.type}: give one constraint`,
+    });
+  }
+}
 
 /** POST /tokenize (llama-server's fields). */
 export const tokenizeRequestSchema = z.strictObject({
@@ -166,7 +248,4 @@ export const applyTemplateRequestSchema = z.strictObject({
 export type CompletionRequestBody = z.infer<typeof completionRequestSchema>;
 export type ChatRequestBody = z.infer<typeof chatRequestSchema>;
 export type ChatMessage = ChatRequestBody["messages"][number];
-
-function isEmptyObject(value: unknown): boolean {
-  return typeof value === "object" && value !== null && Object.keys(value).length === 0;
-}
+export type ResponseFormat = z.infer<typeof responseFormat>;

@@ -1,18 +1,32 @@
 import type { StreamChannel } from "../channel/index.ts";
 import { SluiceError } from "../errors.ts";
-import type { GenerationRequest, GenerationResult } from "../types.ts";
+import type { GenerationRequest, GenerationResult, TokenLogprob } from "../types.ts";
 import type { AccessRecord } from "./accessLog.ts";
+import type { Caller } from "./auth.ts";
 import { sendJson } from "./httpErrors.ts";
-import type { ResponseShape, SluiceExtension } from "./openaiShapes.ts";
+import type { Choice, ResponseShape, SluiceExtension } from "./openaiShapes.ts";
 import type { RouteContext } from "./router.ts";
 import type { ServerContext } from "./ServerContext.ts";
 import { SseWriter } from "./sse.ts";
+import { inWireTerms } from "./toGenerationRequest.ts";
 
 export interface GenerationPlan {
-  request: GenerationRequest & { id: string };
+  /** The response's id: the `X-Request-Id` header, every chunk's `id`, choice 0's runtime request id. */
+  id: string;
+  /**
+   * One runtime request per choice (`n`), each with its own unique id; choice i is `requests[i]`. Choice 0's
+   * id is the response's.
+   */
+  requests: (GenerationRequest & { id: string })[];
   stream: boolean;
   includeUsage: boolean;
   shape: ResponseShape;
+  /** Text put in front of every choice's own (completions' `echo`: the prompt). */
+  echo?: string;
+  /** The request asked for log-probabilities: deltas carry them (off the plain text path). */
+  logprobs: boolean;
+  /** Runtime field names → the body's, for refusals (see `inWireTerms`). */
+  wireNames: Record<string, string>;
 }
 
 /** Cancel reasons the server passes to the channel (visible in logs and to observers). */
@@ -20,6 +34,8 @@ export const ServerCancel = {
   disconnected: "client disconnected",
   deadline: "server deadline",
   shutdown: "server shutting down",
+  /** Another choice of the same request was cancelled (a DELETE names the request, not one choice). */
+  sibling: "another choice of the request was cancelled",
 } as const;
 
 /**
@@ -29,9 +45,10 @@ export const ServerCancel = {
 const RECORD_WAIT_MS = 30_000;
 
 /**
- * Runs one generation for one HTTP response, streaming or not. The client going away at any point (queued,
- * prefilling, decoding, holding back a stop-string prefix, backed up) cancels the generation at once, and
- * the runtime frees its slot within one step.
+ * Runs the generations of one HTTP response (one per choice), streaming or not. The client going away at any
+ * point (queued, prefilling, decoding, holding back a stop-string prefix, backed up) cancels every choice at
+ * once, and the runtime frees their slots within one step. A cancel of one choice (DELETE of the request's
+ * id, which is choice 0's) cancels all of them: the request is one thing to its client.
  */
 export async function serveGeneration(
   server: ServerContext,
@@ -40,13 +57,21 @@ export async function serveGeneration(
 ): Promise<void> {
   if (server.closing)
     throw new SluiceError("runtime_closed", "The server is shutting down; retry elsewhere.");
-  const { id } = plan.request;
-  access.id = id;
-  const channel = server.runtime.generate(plan.request);
-  server.generations.set(id, { channel, owner: caller.key, ended: server.runtime.endRecord(id) });
+  access.id = plan.id;
+  const channels = submit(server, plan, caller.key);
+  const cancelAll = (reason: string) => {
+    for (const channel of channels) channel.cancel(reason);
+  };
+  if (channels.length > 1) {
+    for (const channel of channels) {
+      void channel.result.then((result) => {
+        if (result.reason === "cancelled") cancelAll(ServerCancel.sibling);
+      });
+    }
+  }
   // The response's close, not the request's: the request closes as soon as its body is read.
   const onClose = () => {
-    if (!res.writableFinished) channel.cancel(ServerCancel.disconnected);
+    if (!res.writableFinished) cancelAll(ServerCancel.disconnected);
   };
   res.on("close", onClose);
   if (res.destroyed || req.socket.destroyed) onClose();
@@ -54,50 +79,61 @@ export async function serveGeneration(
   const deadline =
     requestTimeoutMs === undefined
       ? undefined
-      : setTimeout(() => channel.cancel(ServerCancel.deadline), requestTimeoutMs);
+      : setTimeout(() => cancelAll(ServerCancel.deadline), requestTimeoutMs);
   try {
-    if (plan.stream) await stream(server, res, channel, plan, access);
-    else await respond(server, res, channel, plan, access);
+    if (plan.stream) await stream(server, res, channels, plan, access);
+    else await respond(server, res, channels, plan, access);
   } finally {
     clearTimeout(deadline);
     res.off("close", onClose);
-    server.generations.delete(id);
+    for (const request of plan.requests) server.generations.delete(request.id);
   }
+}
+
+/**
+ * Submits every choice's request. A refusal (a bad field, a full queue) cancels the choices already
+ * submitted, so a request is accepted whole or not at all; the refusal speaks the body's field names.
+ */
+function submit(server: ServerContext, plan: GenerationPlan, owner: Caller["key"]): StreamChannel[] {
+  const channels: StreamChannel[] = [];
+  try {
+    for (const request of plan.requests) {
+      const channel = server.runtime.generate(request);
+      channels.push(channel);
+      server.generations.set(request.id, { channel, owner, ended: server.runtime.endRecord(request.id) });
+    }
+  } catch (error) {
+    for (const channel of channels) channel.cancel(ServerCancel.disconnected);
+    for (const request of plan.requests) server.generations.delete(request.id);
+    throw inWireTerms(error, plan.wireNames);
+  }
+  return channels;
 }
 
 async function stream(
   server: ServerContext,
   res: RouteContext["res"],
-  channel: StreamChannel,
+  channels: readonly StreamChannel[],
   plan: GenerationPlan,
   access: AccessRecord,
 ): Promise<void> {
-  const { shape } = plan;
-  const sse = new SseWriter(res, server.options.keepAliveMs, { "X-Request-Id": plan.request.id });
+  const sse = new SseWriter(res, server.options.keepAliveMs, { "X-Request-Id": plan.id });
   server.metrics.streamOpened();
   try {
-    const opening = shape.opening();
-    if (opening !== undefined) sse.data(opening);
-    for await (const chunk of channel) {
-      if (chunk.text.length === 0 || !sse.open) continue;
-      // Backed up: stop pulling. The channel merges what the runtime produces meanwhile, so a slow client
-      // costs one growing string, not a queue of events.
-      if (!sse.data(shape.delta(chunk.text))) await sse.writable();
-    }
-    const result = await channel.result;
-    record(access, result);
+    const results = await Promise.all(
+      channels.map((channel, index) => streamChoice(server, sse, channel, index, plan, access)),
+    );
+    record(access, results);
     if (!sse.open) return;
-    const extension = await extensionOf(server, result, access);
-    if (!sse.open) return;
-    sse.data(shape.finish(result, extension));
-    if (plan.includeUsage) sse.data(shape.usage(result));
-    if (result.reason === "error") {
+    if (plan.includeUsage) sse.data(plan.shape.usage(results));
+    const failed = results.find((result) => result.reason === "error");
+    if (failed !== undefined) {
       sse.data(
         JSON.stringify({
           error: {
-            message: result.error?.message ?? "The generation failed.",
+            message: failed.error?.message ?? "The generation failed.",
             type: "server_error",
-            code: result.error?.code ?? "engine_error",
+            code: failed.error?.code ?? "engine_error",
           },
         }),
       );
@@ -109,37 +145,91 @@ async function stream(
   }
 }
 
+/**
+ * One choice's events on the shared stream: its opening, its deltas (interleaved with the other choices'
+ * as they come), its one finish chunk. Resolves with its result.
+ */
+async function streamChoice(
+  server: ServerContext,
+  sse: SseWriter,
+  channel: StreamChannel,
+  index: number,
+  plan: GenerationPlan,
+  access: AccessRecord,
+): Promise<GenerationResult> {
+  const { shape } = plan;
+  const opening = shape.opening(index);
+  if (opening !== undefined) sse.data(opening);
+  if (plan.echo) sse.data(shape.delta(plan.echo, index));
+  // Log-probabilities of tokens whose text has not gone out yet (a partial character, a control token).
+  let pending: TokenLogprob[] | undefined;
+  for await (const chunk of channel) {
+    if (!sse.open) continue;
+    let sent: boolean;
+    if (plan.logprobs) {
+      if (chunk.text.length === 0) {
+        if (chunk.logprobs?.length) (pending ??= []).push(...chunk.logprobs);
+        continue;
+      }
+      const logprobs =
+        pending === undefined ? (chunk.logprobs ?? []) : [...pending, ...(chunk.logprobs ?? [])];
+      pending = undefined;
+      sent = sse.data(shape.deltaOf(index, { content: chunk.text, logprobs }));
+    } else {
+      if (chunk.text.length === 0) continue;
+      sent = sse.data(shape.delta(chunk.text, index));
+    }
+    // Backed up: stop pulling. The channel merges what the runtime produces meanwhile, so a slow client
+    // costs one growing string, not a queue of events.
+    if (!sent) await sse.writable();
+  }
+  const result = await channel.result;
+  if (!sse.open) return result;
+  const extension = await extensionOf(server, result, access);
+  if (!sse.open) return result;
+  sse.data(shape.finish(index, result, extension, pending === undefined ? undefined : { logprobs: pending }));
+  return result;
+}
+
 async function respond(
   server: ServerContext,
   res: RouteContext["res"],
-  channel: StreamChannel,
+  channels: readonly StreamChannel[],
   plan: GenerationPlan,
   access: AccessRecord,
 ): Promise<void> {
-  const result = await channel.result;
-  record(access, result);
+  const results = await Promise.all(channels.map((channel) => channel.result));
+  record(access, results);
   if (res.destroyed) return;
-  const extension = await extensionOf(server, result, access);
+  const extensions = await Promise.all(results.map((result) => extensionOf(server, result, access)));
   if (res.destroyed) return;
-  const headers = { "X-Request-Id": plan.request.id };
-  if (result.reason === "error") {
+  const headers = { "X-Request-Id": plan.id };
+  const failed = results.find((result) => result.reason === "error");
+  if (failed !== undefined) {
     sendJson(
       res,
       500,
       {
         error: {
-          message: result.error?.message ?? "The generation failed.",
+          message: failed.error?.message ?? "The generation failed.",
           type: "server_error",
           param: null,
-          code: result.error?.code ?? "engine_error",
+          code: failed.error?.code ?? "engine_error",
         },
-        id: plan.request.id,
+        id: plan.id,
       },
       headers,
     );
     return;
   }
-  sendJson(res, 200, plan.shape.body(result, extension), headers);
+  const choices = results.map(
+    (result, i): Choice => ({
+      result,
+      extension: extensions[i]!,
+      ...(plan.echo ? { text: plan.echo + result.text } : {}),
+    }),
+  );
+  sendJson(res, 200, plan.shape.body(choices), headers);
 }
 
 /** For a cancel, waits for the slot to be free so the client learns the measured cancel latency. */
@@ -157,7 +247,7 @@ async function extensionOf(
   const ended = server.generations.get(result.id)?.ended;
   const cancel = ended === undefined ? undefined : (await withinMs(ended, RECORD_WAIT_MS))?.cancel;
   if (cancel !== undefined) {
-    access.cancelMs = cancel.msToFree;
+    access.cancelMs = Math.max(access.cancelMs ?? 0, cancel.msToFree);
     extension.cancel = {
       stepsToFree: cancel.stepsToFree,
       msToFree: cancel.msToFree,
@@ -167,13 +257,17 @@ async function extensionOf(
   return extension;
 }
 
-/** The request's figures for the access log. */
-function record(access: AccessRecord, result: GenerationResult): void {
-  access.promptTokens = result.usage.promptTokens;
-  access.completionTokens = result.usage.completionTokens;
-  access.cachedTokens = result.usage.cachedTokens;
-  if (result.usage.completionTokens > 0) access.ttftMs = result.timings.firstTokenMs;
-  access.finishReason = result.reason;
+/**
+ * The request's figures for the access log: the prompt once, the completion tokens of every choice, choice
+ * 0's time to first token and finish reason.
+ */
+function record(access: AccessRecord, results: readonly GenerationResult[]): void {
+  const first = results[0]!;
+  access.promptTokens = first.usage.promptTokens;
+  access.completionTokens = results.reduce((sum, result) => sum + result.usage.completionTokens, 0);
+  access.cachedTokens = first.usage.cachedTokens;
+  if (first.usage.completionTokens > 0) access.ttftMs = first.timings.firstTokenMs;
+  access.finishReason = first.reason;
 }
 
 /** The promise's value, or undefined when it takes longer than `ms` (a bound, never a wait for its own sake). */

@@ -1,21 +1,27 @@
 import { randomUUID } from "node:crypto";
 import type { z } from "zod";
+import type { GenerationRequest } from "../../types.ts";
 import { readJsonBody } from "../body.ts";
-import { fromZodError } from "../httpErrors.ts";
+import { badRequest, fromZodError } from "../httpErrors.ts";
+import { LogprobRenderer } from "../logprobs.ts";
 import { chatShape, completionShape } from "../openaiShapes.ts";
 import type { Handler, RouteContext } from "../router.ts";
 import type { ServerContext } from "../ServerContext.ts";
-import { chatRequestSchema, completionRequestSchema } from "../schemas.ts";
+import { type ChatRequestBody, chatRequestSchema, completionRequestSchema, MAX_N } from "../schemas.ts";
 import { serveGeneration } from "../serveGeneration.ts";
-import { checkModel, samplingOf } from "../toGenerationRequest.ts";
+import { checkModel, samplingOf, wireNames } from "../toGenerationRequest.ts";
 
 /** Most stop strings the runtime takes. */
 const MAX_STOPS = 16;
+
+/** Choices per slot a request may ask for: more would only queue behind each other. */
+const CHOICES_PER_SLOT = 4;
 
 /** POST /v1/completions */
 export function completionsRoute(server: ServerContext): Handler {
   return async (context) => {
     const { body, model } = await readRequest(server, context, completionRequestSchema);
+    const n = choicesOf(server, body.n);
     const id = `cmpl-${randomUUID()}`;
     // A one-element batch is the same single prompt.
     const prompt =
@@ -23,16 +29,30 @@ export function completionsRoute(server: ServerContext): Handler {
         ? body.prompt[0]!
         : (body.prompt as string | number[]);
     const includeUsage = body.stream_options?.include_usage === true;
+    const skipSpecial = body.skip_special_tokens ?? true;
+    const logprobs = body.logprobs ?? undefined;
+    const request: GenerationRequest = {
+      ...samplingOf(body),
+      prompt,
+      ...(body.max_tokens != null ? { maxTokens: body.max_tokens } : {}),
+      ...(logprobs !== undefined ? { logprobs } : {}),
+    };
     await serveGeneration(server, context, {
-      request: {
-        ...samplingOf(body),
-        prompt,
-        id,
-        ...(body.max_tokens != null ? { maxTokens: body.max_tokens } : {}),
-      },
+      id,
+      requests: fanOut(request, id, n),
       stream: body.stream === true,
       includeUsage,
-      shape: completionShape({ id, model, created: unixNow(), includeUsage }),
+      shape: completionShape({
+        id,
+        model,
+        created: unixNow(),
+        includeUsage,
+        strictFinishReason: server.options.strictFinishReason,
+        ...(logprobs !== undefined ? { logprobs: renderer(server, skipSpecial) } : {}),
+      }),
+      ...(body.echo === true ? { echo: echoOf(server, prompt, skipSpecial) } : {}),
+      logprobs: logprobs !== undefined,
+      wireNames: wireNames(body),
     });
   };
 }
@@ -41,28 +61,115 @@ export function completionsRoute(server: ServerContext): Handler {
 export function chatCompletionsRoute(server: ServerContext): Handler {
   return async (context) => {
     const { body, model } = await readRequest(server, context, chatRequestSchema);
+    const n = choicesOf(server, body.n);
     const id = `chatcmpl-${randomUUID()}`;
-    const chat = server.chat().format(body.messages);
+    const chat = server.chat().format(body.messages, { continueFinal: continueFinal(body) });
     const sampling = samplingOf(body);
     const userStops = typeof sampling.stop === "string" ? [sampling.stop] : (sampling.stop ?? []);
     // The caller's stop strings first: the format's own only fill what room is left.
     const stop = [...userStops, ...chat.stop].slice(0, MAX_STOPS);
+    const stopTokenIds = [...new Set([...(sampling.stopTokenIds ?? []), ...chat.stopTokenIds])];
     const maxTokens = body.max_completion_tokens ?? body.max_tokens;
     const includeUsage = body.stream_options?.include_usage === true;
+    const logprobs = body.logprobs === true ? (body.top_logprobs ?? 0) : undefined;
+    const request: GenerationRequest = {
+      ...sampling,
+      prompt: chat.tokens,
+      stop,
+      stopTokenIds,
+      ...(maxTokens != null ? { maxTokens } : {}),
+      ...(logprobs !== undefined ? { logprobs } : {}),
+    };
     await serveGeneration(server, context, {
-      request: {
-        ...sampling,
-        prompt: chat.tokens,
-        stop,
-        stopTokenIds: chat.stopTokenIds,
-        id,
-        ...(maxTokens != null ? { maxTokens } : {}),
-      },
+      id,
+      requests: fanOut(request, id, n),
       stream: body.stream === true,
       includeUsage,
-      shape: chatShape({ id, model, created: unixNow(), includeUsage }),
+      shape: chatShape({
+        id,
+        model,
+        created: unixNow(),
+        includeUsage,
+        strictFinishReason: server.options.strictFinishReason,
+        ...(logprobs !== undefined ? { logprobs: renderer(server, body.skip_special_tokens ?? true) } : {}),
+      }),
+      logprobs: logprobs !== undefined,
+      wireNames: wireNames(body),
     });
   };
+}
+
+/**
+ * Whether the last message is continued rather than answered in a new turn (assistant prefill). By default a
+ * trailing assistant message is continued, as llama-server does; vLLM's fields say it explicitly:
+ * `continue_final_message: true` continues (the last message must be the assistant's), and
+ * `add_generation_prompt: true` (or `continue_final_message: false`) opens a new turn after it.
+ */
+function continueFinal(body: ChatRequestBody): boolean {
+  const last = body.messages.at(-1)!;
+  const isAssistant = last.role === "assistant";
+  if (body.continue_final_message === true && !isAssistant) {
+    throw badRequest(
+      "invalid_request",
+      `continue_final_message continues the last message, which must be the assistant's; it is the ${last.role}'s.`,
+      "continue_final_message",
+    );
+  }
+  const continues = body.continue_final_message ?? (isAssistant && body.add_generation_prompt !== true);
+  if (!continues && body.add_generation_prompt === false) {
+    throw badRequest(
+      "invalid_request",
+      "add_generation_prompt: false is supported only with a final assistant message to continue (continue_final_message); remove it to open the assistant's turn.",
+      "add_generation_prompt",
+    );
+  }
+  return continues;
+}
+
+/**
+ * `n`, checked against this server: at most `CHOICES_PER_SLOT` per slot (and `MAX_N`), since choices beyond
+ * that only wait for each other's slots.
+ */
+function choicesOf(server: ServerContext, n: number | null | undefined): number {
+  const wanted = n ?? 1;
+  const most = Math.min(MAX_N, CHOICES_PER_SLOT * server.runtime.engine.info.slots);
+  if (wanted > most) {
+    throw badRequest(
+      "invalid_request",
+      `n is ${wanted}, but this server gives at most ${most} choices per request (${CHOICES_PER_SLOT} per slot, ${server.runtime.engine.info.slots} slots); ask for fewer or send several requests.`,
+      "n",
+    );
+  }
+  return wanted;
+}
+
+/**
+ * One runtime request per choice: choice 0 has the response's id, choice i the id `<id>-<i>`. With a seed,
+ * choice i samples with seed + i (mod 2^32), so choices differ yet the whole response is reproducible.
+ */
+function fanOut(request: GenerationRequest, id: string, n: number): (GenerationRequest & { id: string })[] {
+  return Array.from({ length: n }, (_, i) => ({
+    ...request,
+    id: i === 0 ? id : `${id}-${i}`,
+    ...(request.seed !== undefined && i > 0 ? { seed: (request.seed + i) % 2 ** 32 } : {}),
+  }));
+}
+
+function renderer(server: ServerContext, skipSpecialTokens: boolean): LogprobRenderer {
+  return new LogprobRenderer(server.runtime.engine.info.vocabulary, skipSpecialTokens);
+}
+
+/**
+ * The prompt as text, for `echo`: a text prompt as sent; token ids as their bytes (UTF-8, invalid sequences
+ * as U+FFFD), control tokens left out unless `skip_special_tokens` is false, as in generated text.
+ */
+function echoOf(server: ServerContext, prompt: string | readonly number[], skipSpecial: boolean): string {
+  if (typeof prompt === "string") return prompt;
+  const { vocabulary } = server.runtime.engine.info;
+  const parts = prompt
+    .filter((id) => !(skipSpecial && vocabulary.isSpecial(id)))
+    .map((id) => vocabulary.bytesOf(id));
+  return new TextDecoder().decode(Buffer.concat(parts));
 }
 
 /** The request body, parsed by its schema, for the model this server serves (4xx otherwise). */
