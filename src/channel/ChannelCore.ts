@@ -1,5 +1,5 @@
 import { SluiceError, type SluiceErrorCode } from "../errors.ts";
-import type { GenerationResult, StreamChunk } from "../types.ts";
+import type { GenerationResult, StreamChunk, TokenLogprob } from "../types.ts";
 import { CancelReason } from "./CancelReason.ts";
 import type { ChannelProducer, TerminalInfo } from "./ChannelProducer.ts";
 import { ParkedReads } from "./ParkedReads.ts";
@@ -33,6 +33,8 @@ export class ChannelCore implements ChannelProducer {
   // Everything pushed, in order: the result is the chunks' concatenation by construction, and the pending
   // (coalesced) delta is the tail of these from the offsets below, so a push appends and nothing more.
   readonly #ids: number[] = [];
+  /** One per id of #ids when the producer reports log-probabilities (every push then carries them). */
+  #logprobs: TokenLogprob[] | undefined = undefined;
   #parts: string[] = [];
   /** Where the pending delta starts in #ids, or -1 when nothing is pending. */
   #pendingIds = -1;
@@ -94,11 +96,12 @@ export class ChannelCore implements ChannelProducer {
     abandoned.unregister(this);
   }
 
-  push(tokenIds: readonly number[], text: string): void {
+  push(tokenIds: readonly number[], text: string, logprobs?: readonly TokenLogprob[]): void {
     const state = this.#state;
     if (state === "finished" || state === "drained") return;
     const count = tokenIds.length;
     if (count === 0 && text === "") return;
+    if (logprobs !== undefined) this.#addLogprobs(logprobs);
     const ids = this.#ids;
     const parts = this.#parts;
     const waiting = this.#reads.waiting;
@@ -109,13 +112,27 @@ export class ChannelCore implements ChannelProducer {
     for (let i = 0; i < count; i++) ids.push(tokenIds[i]!);
     if (text !== "") parts.push(text);
     // A read parks only when nothing is pending, so handing it this delta keeps the order.
-    if (waiting) this.#reads.deliver({ tokenIds: tokenIds.slice(), text, finished: false });
+    if (!waiting) return;
+    const chunk: StreamChunk = { tokenIds: tokenIds.slice(), text, finished: false };
+    if (logprobs !== undefined) chunk.logprobs = logprobs.slice();
+    this.#reads.deliver(chunk);
   }
 
-  finish(tokenIds: readonly number[], text: string, info: TerminalInfo): boolean {
+  #addLogprobs(logprobs: readonly TokenLogprob[]): void {
+    const all = (this.#logprobs ??= []);
+    for (const entry of logprobs) all.push(entry);
+  }
+
+  finish(
+    tokenIds: readonly number[],
+    text: string,
+    info: TerminalInfo,
+    logprobs?: readonly TokenLogprob[],
+  ): boolean {
     const state = this.#state;
     if (state === "finished" || state === "drained") return false;
     this.#state = "finished";
+    if (logprobs !== undefined) this.#addLogprobs(logprobs);
     const ids = this.#ids;
     const parts = this.#parts;
     // A lagging consumer gets the pending delta merged into the terminal chunk: one read instead of two.
@@ -142,6 +159,11 @@ export class ChannelCore implements ChannelProducer {
       usage: info.usage,
       timings: info.timings,
     };
+    const all = this.#logprobs;
+    if (all !== undefined) {
+      chunk.logprobs = all.slice(idsFrom);
+      outcome.logprobs = all;
+    }
     if (info.stop !== undefined) chunk.stop = outcome.stop = info.stop;
     if (info.error !== undefined) {
       chunk.error = { code: info.error.code, message: info.error.message };
@@ -181,11 +203,13 @@ export class ChannelCore implements ChannelProducer {
     const from = this.#pendingIds;
     if (from >= 0) {
       this.#pendingIds = -1;
-      return {
+      const chunk: StreamChunk = {
         tokenIds: this.#ids.slice(from),
         text: joinFrom(this.#parts, this.#pendingParts),
         finished: false,
       };
+      if (this.#logprobs !== undefined) chunk.logprobs = this.#logprobs.slice(from);
+      return chunk;
     }
     const terminal = this.#terminal;
     if (terminal !== undefined) {

@@ -19,6 +19,11 @@ export interface OutputProcessorOptions {
   streamInterval?: number;
   /** Trailing bytes of the prompt's last incomplete UTF-8 character, if any (see `Utf8Decoder.prime`). */
   promptTail?: Uint8Array;
+  /**
+   * The first `minTokens` tokens cannot stop the output: stop token ids among them are plain tokens and stop
+   * strings are looked for only in the text of later tokens (vLLM's `min_tokens`). Defaults to 0.
+   */
+  minTokens?: number;
 }
 
 export interface StopHit {
@@ -56,6 +61,7 @@ export class OutputProcessor {
   readonly #vocabulary: Vocabulary;
   readonly #skipSpecial: boolean;
   readonly #interval: number;
+  readonly #minTokens: number;
   readonly #stopIds: ReadonlySet<number> | undefined;
   readonly #matcher: StopMatcher | undefined;
   readonly #decoder = new Utf8Decoder();
@@ -77,6 +83,7 @@ export class OutputProcessor {
     this.#skipSpecial = options.skipSpecialTokens ?? true;
     const interval = Math.floor(options.streamInterval ?? 1);
     this.#interval = Number.isNaN(interval) ? 1 : Math.max(1, interval);
+    this.#minTokens = Math.max(0, Math.floor(options.minTokens ?? 0) || 0);
     this.#stopIds = options.stopTokenIds?.length ? new Set(options.stopTokenIds) : undefined;
     this.#matcher = options.stop?.length ? new StopMatcher(options.stop) : undefined;
     if (options.promptTail !== undefined && options.promptTail.length > 0) {
@@ -99,7 +106,8 @@ export class OutputProcessor {
     this.#ids.push(tokenId);
     this.#sinceTake++;
     this.#tokenCount++;
-    if (this.#stopIds?.has(tokenId)) {
+    const canStop = this.#tokenCount > this.#minTokens;
+    if (canStop && this.#stopIds?.has(tokenId)) {
       this.#state = STOPPED_BY_TOKEN;
       return { stop: tokenId };
     }
@@ -111,7 +119,7 @@ export class OutputProcessor {
     if (piece === undefined) piece = decoder.decode(vocabulary.bytesOf(tokenId));
     if (piece.length === 0) return undefined;
     const matcher = this.#matcher;
-    if (matcher === undefined) {
+    if (matcher === undefined || (!canStop && this.#fed === 0)) {
       this.#text += piece;
       return undefined;
     }

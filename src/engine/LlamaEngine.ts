@@ -1,5 +1,7 @@
+import { readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { basename } from "node:path";
+import { fileURLToPath } from "node:url";
 import {
   type CustomBatchingPrioritizationStrategy,
   getLlama,
@@ -7,16 +9,23 @@ import {
   type Llama,
   type LlamaContext,
   type LlamaContextSequence,
+  LlamaGrammar,
+  LlamaGrammarEvaluationState,
+  LlamaJsonSchemaGrammar,
   type LlamaModel,
+  type SequenceEvaluateOptions,
   type Token,
+  TokenBias,
 } from "node-llama-cpp";
 import { z } from "zod";
 import { Vocabulary } from "../detok/Vocabulary.ts";
 import { SluiceError } from "../errors.ts";
 import { abortSignal, callback, integer, parseOptions } from "../parseOptions.ts";
+import type { GrammarSpec, TokenLogprob } from "../types.ts";
 import { type ChatTemplate, llamaChatTemplate } from "./ChatTemplate.ts";
 import { checkGguf } from "./checkGguf.ts";
 import type { Engine, EngineBackend, EngineInfo, SamplerConfig, StepItem, StepOutcome } from "./Engine.ts";
+import { toGrammarSchema } from "./jsonSchemaSubset.ts";
 import { BUNDLED_MODEL_PATH } from "./modelPath.ts";
 
 export interface LlamaEngineOptions {
@@ -98,7 +107,32 @@ async function llamaGpu(gpu: LlamaGpu | undefined): Promise<"auto" | "cuda" | "v
   return usable.some((type) => type !== false) ? "auto" : false;
 }
 
-type Generator = AsyncGenerator<Token, void, undefined | Token | Token[]>;
+/** What a slot's generator yields: a token, with its probabilities when log-probabilities were asked. */
+interface Sampled {
+  token: Token;
+  probabilities?: Map<Token, number>;
+  confidence?: number;
+}
+/** Yields bare tokens on the fast path (no log-probabilities asked), `Sampled` otherwise. */
+type Generator = AsyncGenerator<Token | Sampled, void, undefined | Token | Token[]>;
+
+/** The log-probability JSON can carry for a probability of 0 (vLLM's convention). */
+export const LOGPROB_FLOOR = -9999;
+
+function logOf(probability: number | undefined): number {
+  return probability !== undefined && probability > 0
+    ? Math.max(LOGPROB_FLOOR, Math.log(probability))
+    : LOGPROB_FLOOR;
+}
+
+/** Per-slot sampling state beyond node-llama-cpp's own: the grammar and biases of the request on it. */
+interface SlotSampling {
+  sampled: number;
+  /** The grammar's evaluation state once it applies (at once, or from a lazy grammar's trigger on). */
+  grammarState: LlamaGrammarEvaluationState | undefined;
+  /** A lazy grammar not yet triggered: the compiled grammar, its trigger and the output bytes so far. */
+  pending: { grammar: LlamaGrammar; trigger: Buffer; tail: Buffer } | undefined;
+}
 
 // Every item of a step is already sized by the runtime to fit the batch; decodes go first so that, should the
 // engine ever have to split, a long prefill never starves a generating slot. Must return the original items.
@@ -125,6 +159,11 @@ export class LlamaEngine implements Engine {
   /** The live sampling generator of each slot, created by the slot's first sampling item. */
   readonly #generators: (Generator | undefined)[];
   readonly #lastSampled: (number | undefined)[];
+  readonly #sampling: (SlotSampling | undefined)[];
+  /** llama.cpp's any-JSON-object grammar (OpenAI's json_object), read once. */
+  readonly #jsonGrammar: string;
+  /** Compiled grammars by GBNF text, most recently used last (compiling parses the text). */
+  readonly #grammars = new Map<string, LlamaGrammar>();
   #closed = false;
 
   private constructor(
@@ -142,6 +181,11 @@ export class LlamaEngine implements Engine {
     this.#sequences = Array.from({ length: info.slots }, () => context.getSequence());
     this.#generators = new Array(info.slots).fill(undefined);
     this.#lastSampled = new Array(info.slots).fill(undefined);
+    this.#sampling = new Array(info.slots).fill(undefined);
+    this.#jsonGrammar = readFileSync(
+      fileURLToPath(new URL("../llama/grammars/json.gbnf", import.meta.resolve("node-llama-cpp"))),
+      "utf8",
+    );
   }
 
   /**
@@ -204,7 +248,7 @@ export class LlamaEngine implements Engine {
         vocabulary,
         addBos: model.tokens.shouldPrependBosToken,
         maxStepTokens: context.batchSize,
-        capabilities: { promptCache: true, grammar: false, logprobs: false },
+        capabilities: { promptCache: true, grammar: true, logprobs: true },
         backend,
         gpuLayers: model.gpuLayers,
       };
@@ -221,6 +265,46 @@ export class LlamaEngine implements Engine {
 
   chatTemplate(override?: string): ChatTemplate | undefined {
     return llamaChatTemplate(this.#model, this.info.addBos, override);
+  }
+
+  grammarText(spec: GrammarSpec): string {
+    let gbnf: string;
+    if (spec.type === "json") gbnf = this.#jsonGrammar;
+    else if (spec.type === "json_schema") {
+      const schema = toGrammarSchema(spec.schema);
+      try {
+        gbnf = new LlamaJsonSchemaGrammar(this.#llama, schema as never).grammar;
+      } catch (cause) {
+        throw new SluiceError(
+          "invalid_request",
+          `The JSON schema cannot be turned into a grammar: ${(cause as Error).message}`,
+          { param: "grammar", cause },
+        );
+      }
+      gbnf = finiteJsonGrammar(gbnf);
+    } else gbnf = spec.grammar;
+    this.#grammar(gbnf);
+    return gbnf;
+  }
+
+  /** The compiled grammar of a GBNF text; throws `invalid_request` with llama.cpp's reason when it does not parse. */
+  #grammar(gbnf: string): LlamaGrammar {
+    let grammar = this.#grammars.get(gbnf);
+    if (grammar === undefined) {
+      try {
+        grammar = new LlamaGrammar(this.#llama, { grammar: gbnf });
+      } catch (cause) {
+        throw new SluiceError(
+          "invalid_request",
+          "The grammar is not valid GBNF (llama.cpp could not parse it; it needs a `root` rule and every " +
+            `rule it references): ${(cause as Error).message}`,
+          { param: "grammar", cause },
+        );
+      }
+      if (this.#grammars.size >= 64) this.#grammars.delete(this.#grammars.keys().next().value!);
+    } else this.#grammars.delete(gbnf);
+    this.#grammars.set(gbnf, grammar);
+    return grammar;
   }
 
   tokenize(text: string, options: { special: boolean }): number[] {
@@ -248,15 +332,25 @@ export class LlamaEngine implements Engine {
       }
       const next = await generator.next();
       if (next.done) throw new SluiceError("engine_error", "The engine ended the sequence unexpectedly.");
-      this.#lastSampled[item.slot] = next.value;
-      return { ok: true, token: next.value };
+      const { value } = next;
+      const token = typeof value === "number" ? value : value.token;
+      this.#lastSampled[item.slot] = token;
+      const sampling = this.#sampling[item.slot];
+      if (sampling !== undefined) {
+        sampling.sampled++;
+        if (sampling.pending !== undefined) this.#watchTrigger(sampling, token);
+      }
+      const wanted = item.sample.logprobs;
+      if (wanted === undefined) return { ok: true, token };
+      return { ok: true, token, logprob: logprobOf(value as Sampled, wanted) };
     } catch (error) {
       return { ok: false, error };
     }
   }
 
   #startGenerator(slot: number, tokens: readonly number[], sample: SamplerConfig): Generator {
-    const generator = this.#sequences[slot]!.evaluate(tokens as Token[], {
+    const sequence = this.#sequences[slot]!;
+    const options: SequenceEvaluateOptions = {
       temperature: sample.temperature,
       topK: sample.topK,
       topP: sample.topP,
@@ -269,9 +363,79 @@ export class LlamaEngine implements Engine {
           throw new SluiceError("engine_error", "The slot's context is full.");
         },
       },
-    });
+    };
+    const sampling = this.#samplingOf(sample);
+    this.#sampling[slot] = sampling;
+    if (sampling !== undefined) {
+      if (sample.grammar !== undefined) options.grammarEvaluationState = () => sampling.grammarState;
+      const bias = tokenBiasOf(this.#model, sample, sampling);
+      if (bias !== undefined) options.tokenBias = bias;
+    }
+    const penalties =
+      sample.repeatLastN !== 0 &&
+      (sample.repeatPenalty !== 1 || sample.presencePenalty !== 0 || sample.frequencyPenalty !== 0);
+    if (penalties) {
+      const lastN = sample.repeatLastN;
+      options.repeatPenalty = {
+        // The window over the slot's context (prompt and generated), llama.cpp's `repeat_last_n`.
+        punishTokens: () => {
+          const context = sequence.contextTokens;
+          return lastN < 0 ? context : context.slice(-lastN);
+        },
+        maxPunishTokens: lastN < 0 ? this.info.contextSize : lastN,
+        penalty: sample.repeatPenalty,
+        presencePenalty: sample.presencePenalty,
+        frequencyPenalty: sample.frequencyPenalty,
+      };
+    }
+    const generator: Generator =
+      sample.logprobs === undefined
+        ? sequence.evaluate(tokens as Token[], options)
+        : (sequence.evaluateWithMetadata(
+            tokens as Token[],
+            sample.logprobs > 0 ? { probabilities: true } : { confidence: true },
+            options,
+          ) as Generator);
     this.#generators[slot] = generator;
     return generator;
+  }
+
+  /** The slot state a request's sampler needs, or undefined when it needs none (the common, fast case). */
+  #samplingOf(sample: SamplerConfig): SlotSampling | undefined {
+    if (sample.grammar === undefined && sample.logitBias === undefined && sample.suppress === undefined) {
+      return undefined;
+    }
+    const sampling: SlotSampling = { sampled: 0, grammarState: undefined, pending: undefined };
+    if (sample.grammar !== undefined) {
+      const grammar = this.#grammar(sample.grammar.gbnf);
+      if (sample.grammar.trigger === undefined) {
+        sampling.grammarState = new LlamaGrammarEvaluationState({ model: this.#model, grammar });
+      } else {
+        sampling.pending = { grammar, trigger: Buffer.from(sample.grammar.trigger), tail: Buffer.alloc(0) };
+      }
+    }
+    return sampling;
+  }
+
+  /**
+   * A lazy grammar: once the output holds the trigger, the grammar applies from the trigger's first byte.
+   * The text from there to the end of the last token already went by unconstrained, so it is fed to the
+   * grammar first; should it not fit, the grammar stays off (the output is then what the model wrote).
+   */
+  #watchTrigger(sampling: SlotSampling, token: number): void {
+    const pending = sampling.pending!;
+    const bytes = this.info.vocabulary.bytesOf(token);
+    const tail = Buffer.concat([pending.tail, bytes]);
+    const at = tail.indexOf(pending.trigger);
+    if (at < 0) {
+      // Only the last trigger-length - 1 bytes can start a match.
+      pending.tail = tail.subarray(Math.max(0, tail.length - pending.trigger.length + 1));
+      return;
+    }
+    sampling.pending = undefined;
+    const state = new LlamaGrammarEvaluationState({ model: this.#model, grammar: pending.grammar });
+    const seen = this.#model.tokenize(tail.subarray(at).toString("utf8"), false) as Token[];
+    if (acceptTokens(this.#llama, state, seen)) sampling.grammarState = state;
   }
 
   cachedTokens(slot: number): readonly number[] {
@@ -281,6 +445,7 @@ export class LlamaEngine implements Engine {
   async releaseSlot(slot: number): Promise<void> {
     const generator = this.#generators[slot];
     this.#generators[slot] = undefined;
+    this.#sampling[slot] = undefined;
     this.#lastSampled[slot] = undefined;
     // The generator must have exited before the KV cache is touched (erasing under a queued decode corrupts
     // the sequence for every later request). Its last sampled token was never fed: it is not in the cache.
@@ -310,4 +475,86 @@ export class LlamaEngine implements Engine {
     await this.#model.dispose().catch(() => {});
     await this.#llama.dispose().catch(() => {});
   }
+}
+
+/**
+ * node-llama-cpp's JSON-schema GBNF, adjusted so that every output is valid JSON whose numbers parse to
+ * what the schema asks: its integers and numbers allow 16-digit exponents (`1E1111111111111111` parses to
+ * Infinity, no integer), so integers get no exponent and other numbers an exponent of at most two digits;
+ * and its root ends with four newlines for node-llama-cpp's own stop trigger, removed here so that the
+ * closing brace leaves end-of-generation as the only token.
+ */
+function finiteJsonGrammar(gbnf: string): string {
+  const exponent = ' ([eE] [-+]? ("0" | [1-9] [0-9]{0,15}))?';
+  return gbnf
+    .split("\n")
+    .map((line) => {
+      if (line.startsWith("root ::= ") && line.endsWith(' "\\n\\n\\n\\n" [\\n]*')) {
+        return line.slice(0, -' "\\n\\n\\n\\n" [\\n]*'.length);
+      }
+      if (line.startsWith("integer-number-rule ::= ")) return line.replace(exponent, "");
+      if (line.startsWith("fractional-number-rule ::= "))
+        return line.replace(exponent, " ([eE] [-+]? [0-9]{1,2})?");
+      return line;
+    })
+    .join("\n");
+}
+
+function logprobOf(sampled: Sampled, top: number): TokenLogprob {
+  const { token, probabilities } = sampled;
+  if (probabilities === undefined) return { token, logprob: logOf(sampled.confidence), top: [] };
+  const alternatives: TokenLogprob["top"] = [];
+  // The map is in the sampler's order, most likely first.
+  for (const [id, p] of probabilities) {
+    if (alternatives.length >= top) break;
+    alternatives.push({ token: id, logprob: logOf(p) });
+  }
+  return { token, logprob: logOf(probabilities.get(token)), top: alternatives };
+}
+
+/**
+ * Logit biases for node-llama-cpp: the request's `logitBias`, plus a ban on the suppressed tokens while
+ * fewer than `suppress.count` were sampled (`minTokens`). TokenBias's public setter skips end-of-generation
+ * tokens, which are exactly what `minTokens` and an OpenAI logit_bias may target, so its map is filled
+ * directly (node-llama-cpp 3.22 reads it as token → logit offset).
+ */
+function tokenBiasOf(
+  model: LlamaModel,
+  sample: SamplerConfig,
+  sampling: SlotSampling,
+): (() => TokenBias) | undefined {
+  const make = (ban: readonly number[]) => {
+    const bias = new TokenBias(model.tokenizer);
+    const map = (bias as unknown as { _biases: Map<number, number> })._biases;
+    for (const [token, value] of sample.logitBias ?? []) map.set(token, value);
+    for (const token of ban) map.set(token, Number.NEGATIVE_INFINITY);
+    return bias;
+  };
+  const { suppress } = sample;
+  if (suppress === undefined && sample.logitBias === undefined) return undefined;
+  const plain = make([]);
+  if (suppress === undefined) return () => plain;
+  const banning = make(suppress.tokens);
+  return () => (sampling.sampled < suppress.count ? banning : plain);
+}
+
+/**
+ * Feeds tokens to a grammar state, each only if the grammar accepts it (llama.cpp aborts on a token the
+ * grammar rejects). node-llama-cpp accepts sampled tokens itself but offers no public call for tokens it did
+ * not sample: its bindings' own functions are used. Returns false when a token does not fit.
+ */
+function acceptTokens(llama: Llama, state: LlamaGrammarEvaluationState, tokens: readonly Token[]): boolean {
+  const bindings = (llama as unknown as { _bindings: { AddonSampler: GrammarBindings } })._bindings
+    .AddonSampler;
+  const native = (state as unknown as { _state: unknown })._state;
+  for (const token of tokens) {
+    if (!bindings.canBeNextTokenForGrammarEvaluationState(native, token)) return false;
+    bindings.acceptGrammarEvaluationStateToken(native, token);
+  }
+  return true;
+}
+
+interface GrammarBindings {
+  canBeNextTokenForGrammarEvaluationState(state: unknown, token: Token): boolean;
+  acceptGrammarEvaluationStateToken(state: unknown, token: Token): void;
 }

@@ -1,6 +1,7 @@
 import { setTimeout as delay } from "node:timers/promises";
 import { Vocabulary } from "../detok/Vocabulary.ts";
 import { SluiceError } from "../errors.ts";
+import type { TokenLogprob } from "../types.ts";
 import type { Engine, EngineInfo, StepItem, StepOutcome } from "./Engine.ts";
 import { BUNDLED_MODEL_PATH } from "./modelPath.ts";
 
@@ -65,7 +66,7 @@ export class ScriptedEngine implements Engine {
       vocabulary,
       addBos: vocabulary.addBos,
       maxStepTokens: options.maxStepTokens ?? 512,
-      capabilities: { promptCache: options.promptCache ?? true, grammar: false, logprobs: false },
+      capabilities: { promptCache: options.promptCache ?? true, grammar: false, logprobs: true },
     };
     for (let id = 0; id < vocabulary.size; id++) {
       const bytes = vocabulary.bytesOf(id);
@@ -120,7 +121,10 @@ export class ScriptedEngine implements Engine {
       if (fault)
         return { ok: false, error: new Error(fault.message ?? `Injected fault at step ${step.step}.`) };
       try {
-        return { ok: true, token: this.#advance(item) };
+        const token = this.#advance(item);
+        const wanted = item.sample?.logprobs;
+        if (wanted === undefined || token === undefined) return { ok: true, token };
+        return { ok: true, token, logprob: scriptedLogprob(token, wanted) };
       } catch (error) {
         return { ok: false, error };
       }
@@ -167,4 +171,16 @@ export class ScriptedEngine implements Engine {
   async close(): Promise<void> {
     this.#closed = true;
   }
+}
+
+/**
+ * A made-up but well-formed score for a scripted token: the token is the most likely one, with a
+ * log-probability that depends on its id only, and `top` alternatives after it in decreasing order.
+ */
+export function scriptedLogprob(token: number, top: number): TokenLogprob {
+  const logprob = -((token % 7) + 1) / 8;
+  const alternatives = Array.from({ length: top }, (_, i) =>
+    i === 0 ? { token, logprob } : { token: (token + i) % 256, logprob: logprob - i },
+  );
+  return { token, logprob, top: alternatives };
 }

@@ -1,6 +1,6 @@
 import type { ChannelProducer } from "../channel/index.ts";
 import type { OutputProcessor } from "../detok/index.ts";
-import type { ChunkError, FinishReason, Timings } from "../types.ts";
+import type { ChunkError, FinishReason, Timings, TokenLogprob } from "../types.ts";
 import type { NormalizedRequest } from "./validate.ts";
 
 /** A request's life, one way only: queued → prefill → decode → finished (any state may jump to finished). */
@@ -57,12 +57,24 @@ export class RequestState {
   cancel: CancelRecord | undefined;
   /** Tokens planned for this request after it was cancelled (finished slots are evicted first: stays 0). */
   tokensAfterCancel = 0;
+  /**
+   * With logprobs asked: the entries of the ids the processor holds and has not emitted yet, in order (a
+   * delta of k ids takes the first k).
+   */
+  readonly logprobs: TokenLogprob[] | undefined;
 
   constructor(
     readonly request: NormalizedRequest,
     readonly producer: ChannelProducer,
     readonly processor: OutputProcessor,
-  ) {}
+  ) {
+    this.logprobs = request.sampler.logprobs === undefined ? undefined : [];
+  }
+
+  /** The log-probabilities of a delta's ids, taken off the queue (undefined without logprobs). */
+  takeLogprobs(count: number): TokenLogprob[] | undefined {
+    return this.logprobs?.splice(0, count);
+  }
 
   get id(): string {
     return this.request.id;

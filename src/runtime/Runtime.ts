@@ -4,7 +4,7 @@ import { createEngine } from "../engine/createEngine.ts";
 import type { Engine, StepItem } from "../engine/Engine.ts";
 import type { LlamaEngineOptions } from "../engine/LlamaEngine.ts";
 import { SluiceError, toChunkError } from "../errors.ts";
-import type { ChunkError, GenerationRequest, Timings } from "../types.ts";
+import type { ChunkError, GenerationRequest, Timings, TokenLogprob } from "../types.ts";
 import { PrefillSizer } from "./PrefillSizer.ts";
 import { pickSlot, type SlotCandidate } from "./pickSlot.ts";
 import { type PlannedItem, planStep, type StepBudget } from "./planStep.ts";
@@ -190,6 +190,7 @@ export class Runtime {
       stop: request.stop,
       stopTokenIds: request.stopTokenIds,
       streamInterval: request.streamInterval,
+      minTokens: request.minTokens,
       promptTail: promptTail(this.engine.info.vocabulary, request.promptTokens),
     });
     state = new RequestState(request, producer, processor);
@@ -233,7 +234,7 @@ export class Runtime {
     const final = state.processor.take(true) ?? { tokenIds: [], text: "" };
     const { reason, stop, error } = state.latched!;
     const timings: Timings = state.timings();
-    state.producer.finish(final.tokenIds, final.text, {
+    const info = {
       reason,
       ...(stop !== undefined ? { stop } : {}),
       ...(error !== undefined ? { error } : {}),
@@ -243,7 +244,8 @@ export class Runtime {
         cachedTokens: state.cachedTokens,
       },
       timings,
-    });
+    };
+    state.producer.finish(final.tokenIds, final.text, info, state.takeLogprobs(final.tokenIds.length));
     this.#live.delete(state.id);
     this.stats.finished(reason, state.generated);
     // Without a slot there is nothing to free: the request is fully released now.
@@ -364,26 +366,36 @@ export class Runtime {
         });
         continue;
       }
-      this.#accept1(state, outcome.token);
+      this.#accept1(state, outcome.token, outcome.logprob);
     }
     this.#emit({ type: "step", step: this.#stepsCompleted, items, ms: now - started });
   }
 
   /** Append one generated token: latch finish causes before emitting, then emit. */
-  #accept1(state: RequestState, token: number): void {
+  #accept1(state: RequestState, token: number, logprob: TokenLogprob | undefined): void {
     const { request, processor } = state;
     state.lastToken = token;
     state.generated++;
+    const held = processor.tokenCount;
     const hit = processor.push(token);
+    // Aligned with the processor's ids: an entry per id it took.
+    if (state.logprobs !== undefined && processor.tokenCount > held) {
+      state.logprobs.push(logprob ?? { token, logprob: Number.NaN, top: [] });
+    }
     if (hit) state.latch({ reason: "stop", stop: hit.stop });
-    else if (!request.ignoreEos && this.engine.info.vocabulary.isEog(token)) state.latch({ reason: "eos" });
-    else if (state.generated >= request.maxTokens) state.latch({ reason: "length" });
+    else if (
+      !request.ignoreEos &&
+      state.generated > request.minTokens &&
+      this.engine.info.vocabulary.isEog(token)
+    ) {
+      state.latch({ reason: "eos" });
+    } else if (state.generated >= request.maxTokens) state.latch({ reason: "length" });
     if (state.latched) {
       this.#finish(state, state.latched);
       return;
     }
     const delta = processor.take(false);
-    if (delta) state.producer.push(delta.tokenIds, delta.text);
+    if (delta) state.producer.push(delta.tokenIds, delta.text, state.takeLogprobs(delta.tokenIds.length));
   }
 
   /**
