@@ -1,5 +1,6 @@
 // The gateway: generations served by OpenAI-compatible upstreams, through the same StreamChannel.
 export { type BreakerState, CircuitBreaker } from "./CircuitBreaker.ts";
+export { createGatewayServer, GatewayServer, type GatewayServerOptions } from "./createGatewayServer.ts";
 export { GatewayMetrics } from "./GatewayMetrics.ts";
 export type { ResolvedPoolOptions, UpstreamConfig, UpstreamPoolOptions } from "./PoolOptions.ts";
 export { PrefixIndex, promptText } from "./PrefixIndex.ts";

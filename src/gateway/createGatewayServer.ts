@@ -1,0 +1,373 @@
+import { randomUUID } from "node:crypto";
+import {
+  createServer as createHttpServer,
+  type IncomingMessage,
+  type Server,
+  type ServerResponse,
+} from "node:http";
+import type { AddressInfo } from "node:net";
+import type { Logger } from "pino";
+import { Counter, Registry } from "prom-client";
+import type { StreamChannel } from "../channel/index.ts";
+import { SluiceError } from "../errors.ts";
+import { type AccessRecord, createLogger, logAccess } from "../server/accessLog.ts";
+import { ANONYMOUS, ApiKeys } from "../server/auth.ts";
+import { bodyPending, ClientGone, readJsonBody, sendErrorUnread } from "../server/body.ts";
+import { ConnectionGuard } from "../server/connections.ts";
+import { createCors } from "../server/cors.ts";
+import { checkHost } from "../server/host.ts";
+import {
+  badRequest,
+  HttpError,
+  sendError,
+  sendJson,
+  toHttpError,
+  tooManyConnections,
+} from "../server/httpErrors.ts";
+import { checkOrigin } from "../server/origin.ts";
+import { parseRequestTarget } from "../server/requestTarget.ts";
+import { type Handler, type RouteContext, Router } from "../server/router.ts";
+import {
+  type ResolvedServerOptions,
+  resolveServerOptions,
+  type ServerOptions,
+} from "../server/ServerOptions.ts";
+import { SseWriter } from "../server/sse.ts";
+import { upstreamHttpError } from "./gatewayErrors.ts";
+import { gatewayShape } from "./gatewayShapes.ts";
+import type { UpstreamPool } from "./UpstreamPool.ts";
+import type { GenerationKind } from "./upstreamEvent.ts";
+
+/** How long close() lets open streams deliver their terminal chunk before it cuts their connections. */
+const CLOSE_GRACE_MS = 2000;
+const DRAIN_BYTES = 16 * 1024 * 1024;
+const STARTED = Math.floor(Date.now() / 1000);
+
+/** Options that name or render a local model, which a gateway has none of. */
+const MODEL_OPTIONS = [
+  "servedModelNames",
+  "modelName",
+  "strictModelName",
+  "chatTemplate",
+  "webRoot",
+] as const;
+
+/**
+ * Options of `createGatewayServer`: the HTTP options of `createServer` (keys, origins, CORS, hosts, limits,
+ * timeouts, access log), with the same defaults and checks; the options about a local model are refused.
+ */
+export type GatewayServerOptions = Omit<ServerOptions, (typeof MODEL_OPTIONS)[number]>;
+
+/** Cancel reasons the gateway passes to the channel. */
+const GatewayCancel = {
+  disconnected: "client disconnected",
+  deadline: "server deadline",
+  shutdown: "server shutting down",
+} as const;
+
+/**
+ * Sluice as a gateway: the OpenAI-compatible HTTP API over an `UpstreamPool` instead of a local model.
+ * `/v1/chat/completions` and `/v1/completions` (streaming or not) are forwarded to one upstream with the
+ * client's body (streamed upstream, re-rendered here), so every stream ends with exactly one finish chunk and
+ * `[DONE]`, and a client going away aborts the upstream request at once. `/v1/models` is the union of the
+ * upstreams' models, `/v1/upstreams` the pool's state, `/health` 200 while an upstream can take requests,
+ * `/metrics` the pool's metrics. The request checks are the server's (CORS, connection cap, request-target,
+ * Host, Origin, route, key). The pool stays the caller's to close.
+ */
+export class GatewayServer {
+  readonly http: Server;
+  readonly pool: UpstreamPool;
+  readonly options: Readonly<ResolvedServerOptions>;
+  readonly #router: Router;
+  readonly #keys: ApiKeys;
+  readonly #connections: ConnectionGuard;
+  readonly #cors: ReturnType<typeof createCors>;
+  readonly #logger: Logger;
+  readonly #registry = new Registry();
+  readonly #httpCounter: Counter<"route" | "status">;
+  readonly #inflight = new Set<Promise<void>>();
+  readonly #generations = new Set<StreamChannel>();
+  #closing = false;
+  #closed: Promise<void> | undefined;
+
+  constructor(pool: UpstreamPool, options: GatewayServerOptions = {}) {
+    for (const name of MODEL_OPTIONS) {
+      if ((options as Record<string, unknown>)[name] !== undefined) {
+        throw new SluiceError(
+          "invalid_option",
+          `createGatewayServer: ${name} is about a local model; a gateway serves its upstreams' models (leave it out).`,
+          { param: name },
+        );
+      }
+    }
+    const resolved = resolveServerOptions(options);
+    this.options = resolved;
+    this.pool = pool;
+    this.#keys = new ApiKeys(resolved.apiKeys, resolved.adminApiKey);
+    this.#cors = createCors(resolved.corsOrigins);
+    this.#logger = createLogger(resolved.logLevel, resolved.logDestination);
+    this.#httpCounter = new Counter({
+      name: "sluice_http_requests_total",
+      help: "HTTP requests by route and status.",
+      labelNames: ["route", "status"],
+      registers: [this.#registry],
+    });
+    this.#router = new Router()
+      .add("POST", "/v1/chat/completions", (c) => this.#generate("chat", c))
+      .add("POST", "/v1/completions", (c) => this.#generate("completion", c))
+      .add("GET", "/v1/models", ({ res }) =>
+        sendJson(res, 200, { object: "list", data: pool.models().map(modelObject) }),
+      )
+      .add("GET", "/v1/models/:model", ({ res, params }) => {
+        const id = params.model!;
+        if (!pool.models().includes(id)) {
+          throw new HttpError(
+            404,
+            "not_found_error",
+            "model_not_found",
+            `No upstream serves the model ${JSON.stringify(id)}.`,
+            "model",
+          );
+        }
+        sendJson(res, 200, modelObject(id));
+      })
+      .add("GET", "/v1/upstreams", ({ res }) => sendJson(res, 200, { object: "list", data: pool.snapshot() }))
+      .add("GET", "/metrics", async ({ res }) => {
+        const text = await Registry.merge([this.#registry, pool.metrics.registry]).metrics();
+        res.writeHead(200, { "Content-Type": this.#registry.contentType });
+        res.end(text);
+      })
+      .add("GET", "/health", (c) => this.#health(c), { auth: false })
+      .add("GET", "/health/ready", (c) => this.#health(c), { auth: false })
+      .add("GET", "/health/live", ({ res }) => sendJson(res, 200, { status: "alive" }), { auth: false });
+    this.http = createHttpServer(
+      {
+        noDelay: true,
+        requireHostHeader: false,
+        headersTimeout: resolved.headersTimeoutMs,
+        requestTimeout: resolved.bodyTimeoutMs,
+        keepAliveTimeout: resolved.idleTimeoutMs,
+        connectionsCheckingInterval: Math.min(1000, Math.max(10, Math.floor(resolved.headersTimeoutMs / 10))),
+      },
+      (req, res) => this.#track(req, res),
+    );
+    this.#connections = new ConnectionGuard(this.http, resolved, (status) =>
+      this.#httpCounter.inc({ route: "unmatched", status: String(status) }),
+    );
+  }
+
+  /** Starts listening. Defaults: port 8080, host 127.0.0.1. */
+  listen(port = 8080, host = "127.0.0.1"): Promise<{ port: number; host: string; url: string }> {
+    return new Promise((resolve, reject) => {
+      const onError = (error: Error) => reject(error);
+      this.http.once("error", onError);
+      this.http.listen(port, host, () => {
+        this.http.off("error", onError);
+        const address = this.http.address() as AddressInfo;
+        const shown = address.family === "IPv6" ? `[${address.address}]` : address.address;
+        resolve({ port: address.port, host: address.address, url: `http://${shown}:${address.port}` });
+      });
+    });
+  }
+
+  /**
+   * Stops accepting connections and cancels every open generation (its upstream request is aborted; with
+   * `graceful`, the default, each stream gets its `cancelled` finish chunk and `[DONE]`). Idempotent.
+   */
+  close(options: { graceful?: boolean } = {}): Promise<void> {
+    this.#closed ??= (async () => {
+      this.#closing = true;
+      const stopped = new Promise<void>((resolve) => this.http.close(() => resolve()));
+      if (options.graceful === false) this.http.closeAllConnections();
+      for (const channel of this.#generations) channel.cancel(GatewayCancel.shutdown);
+      const cut = setTimeout(() => this.http.closeAllConnections(), CLOSE_GRACE_MS);
+      cut.unref();
+      while (this.#inflight.size > 0) await Promise.allSettled([...this.#inflight]);
+      this.http.closeIdleConnections();
+      await stopped;
+      clearTimeout(cut);
+    })();
+    return this.#closed;
+  }
+
+  #health({ res }: RouteContext): void {
+    const upstreams = this.pool.snapshot();
+    const eligible = upstreams.filter((u) => u.eligible).length;
+    const status = this.#closing ? "shutting_down" : eligible > 0 ? "ok" : "no_upstream";
+    sendJson(res, status === "ok" ? 200 : 503, { status, upstreams: { eligible, total: upstreams.length } });
+  }
+
+  async #generate(kind: GenerationKind, { req, res, access }: RouteContext): Promise<void> {
+    if (this.#closing)
+      throw new SluiceError("runtime_closed", "The gateway is shutting down; retry elsewhere.");
+    const body = await readJsonBody(req, this.options.maxBodyBytes);
+    if (typeof body !== "object" || body === null || Array.isArray(body)) {
+      throw badRequest("invalid_request", "The request body must be a JSON object.");
+    }
+    const b = body as Record<string, unknown>;
+    const stream = b.stream === true;
+    const streamOptions = b.stream_options as { include_usage?: unknown } | undefined;
+    const includeUsage = stream && streamOptions?.include_usage === true;
+    const id = `${kind === "chat" ? "chatcmpl" : "cmpl"}-${randomUUID()}`;
+    access.id = id;
+    let upstreamModel: string | undefined;
+    let rejected: { status: number; body: unknown } | undefined;
+    let accept!: () => void;
+    const accepted = new Promise<void>((resolve) => (accept = resolve));
+    const channel = this.pool.generate(b, {
+      kind,
+      id,
+      onAccepted: () => accept(),
+      onRejected: (status, error) => (rejected = { status, body: error }),
+      onModel: (name) => (upstreamModel ??= name),
+    });
+    this.#generations.add(channel);
+    const onClose = () => {
+      if (!res.writableFinished) channel.cancel(GatewayCancel.disconnected);
+    };
+    res.on("close", onClose);
+    if (res.destroyed || req.socket.destroyed) onClose();
+    const { requestTimeoutMs } = this.options;
+    const deadline =
+      requestTimeoutMs === undefined
+        ? undefined
+        : setTimeout(() => channel.cancel(GatewayCancel.deadline), requestTimeoutMs);
+    const requested = typeof b.model === "string" ? b.model : undefined;
+    const shape = gatewayShape(kind, {
+      id,
+      model: () => requested ?? upstreamModel ?? "unknown",
+      created: Math.floor(Date.now() / 1000),
+      includeUsage,
+    });
+    try {
+      // Until an upstream accepts, a failure can still be an HTTP status (502/503/504, or the upstream's 4xx).
+      await Promise.race([accepted, channel.result]);
+      if (channel.finished) {
+        const result = await channel.result;
+        record(access, result);
+        if (result.reason === "error" && result.text.length === 0)
+          throw upstreamHttpError(result.error, rejected);
+      }
+      if (!stream) {
+        const result = await channel.result;
+        record(access, result);
+        if (res.destroyed) return;
+        if (result.reason === "error") throw upstreamHttpError(result.error, rejected);
+        sendJson(res, 200, shape.body(result), { "X-Request-Id": id });
+        return;
+      }
+      const sse = new SseWriter(res, this.options.keepAliveMs, { "X-Request-Id": id });
+      try {
+        const opening = shape.opening();
+        if (opening !== undefined) sse.data(opening);
+        for await (const chunk of channel) {
+          if (chunk.text.length === 0 || !sse.open) continue;
+          if (!sse.data(shape.delta(chunk.text))) await sse.writable();
+        }
+        const result = await channel.result;
+        record(access, result);
+        if (!sse.open) return;
+        sse.data(shape.finish(result));
+        if (includeUsage) sse.data(shape.usage(result));
+        if (result.reason === "error") {
+          const error = result.error ?? { code: "upstream_error", message: "The upstream failed." };
+          sse.data(
+            JSON.stringify({ error: { message: error.message, type: "server_error", code: error.code } }),
+          );
+        }
+        sse.end();
+      } finally {
+        sse.dispose();
+      }
+    } finally {
+      clearTimeout(deadline);
+      res.off("close", onClose);
+      this.#generations.delete(channel);
+    }
+  }
+
+  #track(req: IncomingMessage, res: ServerResponse): void {
+    this.#connections.track(req, res);
+    const task = this.#handle(req, res).catch(() => {
+      res.destroy();
+    });
+    this.#inflight.add(task);
+    void task.finally(() => this.#inflight.delete(task));
+  }
+
+  async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    let label = "unmatched";
+    const access: AccessRecord = {};
+    const started = performance.now();
+    res.once("close", () => {
+      this.#httpCounter.inc({ route: label, status: String(res.statusCode) });
+      if (!this.#logger.isLevelEnabled("info")) return;
+      const durationMs = Math.round((performance.now() - started) * 1000) / 1000;
+      const entry = { method: req.method ?? "", route: label, status: res.statusCode, durationMs };
+      logAccess(this.#logger, { ...entry, aborted: !res.writableFinished }, access);
+    });
+    if (this.#closing) res.setHeader("Connection", "close");
+    try {
+      const preflight = await this.#cors(req, res);
+      if (this.#connections.isExcess(req.socket)) throw tooManyConnections(this.options.maxConnections);
+      const target = parseRequestTarget(req.url);
+      checkOrigin(req, checkHost(req, target, this.options.allowedHosts), this.options.allowedOrigins);
+      if (preflight) {
+        label = "preflight";
+        res.writeHead(204, { "Content-Length": "0" }).end();
+        return;
+      }
+      const { url } = target;
+      const match = this.#router.match(req.method ?? "GET", url.pathname);
+      if (match.kind === "none") {
+        throw new HttpError(404, "not_found_error", "not_found", `No route ${req.method} ${url.pathname}.`);
+      }
+      if (match.kind === "method") {
+        throw new HttpError(
+          405,
+          "invalid_request_error",
+          "method_not_allowed",
+          `${url.pathname} does not accept ${req.method}; use ${match.allow.join(" or ")}.`,
+          null,
+          { Allow: match.allow.join(", ") },
+        );
+      }
+      const { route, params } = match;
+      label = route.pattern;
+      const caller = route.auth ? this.#keys.authenticate(req, true) : ANONYMOUS;
+      await (route.handler as Handler)({ req, res, url, params, caller, access });
+    } catch (error) {
+      if (error instanceof ClientGone) {
+        res.destroy();
+        return;
+      }
+      if (res.headersSent) {
+        res.destroy();
+        return;
+      }
+      const httpError = toHttpError(error);
+      if (!bodyPending(req)) sendError(res, httpError);
+      else await sendErrorUnread(req, res, httpError, Math.max(DRAIN_BYTES, this.options.maxBodyBytes));
+    }
+  }
+}
+
+function modelObject(id: string) {
+  return { id, object: "model", created: STARTED, owned_by: "upstream" };
+}
+
+function record(access: AccessRecord, result: Awaited<StreamChannel["result"]>): void {
+  access.promptTokens = result.usage.promptTokens;
+  access.completionTokens = result.usage.completionTokens;
+  access.cachedTokens = result.usage.cachedTokens;
+  if (result.usage.completionTokens > 0) access.ttftMs = result.timings.firstTokenMs;
+  access.finishReason = result.reason;
+}
+
+/**
+ * The OpenAI-compatible API over a pool of upstreams (see `GatewayServer`). Throws `invalid_option` for a
+ * wrong option. Call `listen()` to start; `close()` the server, then the pool.
+ */
+export function createGatewayServer(pool: UpstreamPool, options: GatewayServerOptions = {}): GatewayServer {
+  return new GatewayServer(pool, options);
+}
