@@ -1,4 +1,6 @@
 import { SluiceError } from "../errors.ts";
+import type { RoutingPolicy } from "../gateway/routingPolicy.ts";
+import { runGateway } from "../gateway/runGateway.ts";
 import { Runtime } from "../runtime/Runtime.ts";
 import {
   checkServerOptions,
@@ -19,6 +21,11 @@ Options:
   --host <addr>           address to bind (default 127.0.0.1; 0.0.0.0 exposes it to the network)
   --port <n>              port (default 8080; 0 picks a free one)
   --model <path>          GGUF model file (default: the bundled kjv-tiny model)
+  --upstream <url>        serve as a gateway over an OpenAI-compatible server (llama-server, vLLM, Sluice)
+                          instead of a local model; repeat for a pool with routing, retries before the
+                          first token, health checks and circuit breaking; not with --model (default: none)
+  --routing <policy>      with --upstream: prefix_affinity, least_outstanding or round_robin
+                          (default prefix_affinity)
   --slots <n>             concurrent generations (default 4)
   --threads <n>           CPU threads (default: half the cores)
   --context-size <n>      tokens per slot (default: the model's, at most 2048)
@@ -46,6 +53,9 @@ ${gpuHelp(26)}  --max-queue <n>         most requests waiting for a slot; beyond
                           the requested one (default: the model file's name)
   --strict-model-name     refuse (404) a request whose "model" is not a served name (default: any name
                           is accepted and answered by the one model)
+  --strict-finish-reason  send only OpenAI's finish_reason values: "stop" for a cancelled or failed
+                          generation (the final chunk's sluice.reason keeps "cancelled" or "error")
+                          (default: "cancelled" and "error" are sent)
   --log-level <level>     access log, one JSON line per request on stdout: trace, debug, info, warn, error,
                           fatal or silent (default info)
   --max-body <bytes>      largest request body (default 1048576)
@@ -74,6 +84,7 @@ const SERVER_FLAGS: Record<string, string> = {
   allowedOrigins: "--allowed-origin",
   corsOrigins: "--cors-origins",
   servedModelNames: "--served-model-name",
+  strictFinishReason: "--strict-finish-reason",
   logLevel: "--log-level",
   allowedHosts: "--allowed-host",
   maxBodyBytes: "--max-body",
@@ -116,6 +127,8 @@ export async function serveCommand(argv: string[]): Promise<number> {
       host: { type: "string" },
       port: { type: "string" },
       model: { type: "string" },
+      upstream: { type: "string", multiple: true },
+      routing: { type: "string" },
       slots: { type: "string" },
       threads: { type: "string" },
       "context-size": { type: "string" },
@@ -130,6 +143,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
       "allowed-host": { type: "string", multiple: true },
       "served-model-name": { type: "string", multiple: true },
       "strict-model-name": { type: "boolean" },
+      "strict-finish-reason": { type: "boolean" },
       "log-level": { type: "string" },
       "max-body": { type: "string" },
       "request-timeout": { type: "string" },
@@ -164,6 +178,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
       allowedHosts: values["allowed-host"],
       servedModelNames: values["served-model-name"],
       strictModelName: values["strict-model-name"],
+      strictFinishReason: values["strict-finish-reason"],
       logLevel: (values["log-level"] ?? "info") as ServerOptions["logLevel"],
       maxBodyBytes: integer(values["max-body"], "--max-body", 1),
       requestTimeoutMs: integer(values["request-timeout"], "--request-timeout", 1),
@@ -173,6 +188,19 @@ export async function serveCommand(argv: string[]): Promise<number> {
       maxConnections: integer(values["max-connections"], "--max-connections", 1),
     }),
   );
+  if (values.upstream !== undefined) {
+    if (values.model !== undefined) {
+      throw new SluiceError(
+        "invalid_request",
+        "--upstream with --model is not supported yet: run the local model as its own `sluice serve` and list it as an --upstream.",
+      );
+    }
+    const routing = values.routing as RoutingPolicy | undefined;
+    return runGateway({ upstreams: list(values.upstream)!, routing, host, port, server: serverOptions });
+  }
+  if (values.routing !== undefined) {
+    throw new SluiceError("invalid_request", "--routing chooses among upstreams: give --upstream too.");
+  }
   const runtimeOptions = defined({
     model: values.model,
     slots: integer(values.slots, "--slots", 1),
