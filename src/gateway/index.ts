@@ -6,6 +6,7 @@ export type { ResolvedPoolOptions, UpstreamConfig, UpstreamPoolOptions } from ".
 export { PrefixIndex, promptText } from "./PrefixIndex.ts";
 export { pickUpstream, ROUTING_POLICIES, type RoutingPolicy } from "./routingPolicy.ts";
 export type { UpstreamErrorCode } from "./runAttempt.ts";
+export { type RunGatewayOptions, runGateway } from "./runGateway.ts";
 export {
   type OpenAIBody,
   type StreamFromUpstreamOptions,
