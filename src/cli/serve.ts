@@ -53,6 +53,9 @@ ${gpuHelp(26)}  --max-queue <n>         most requests waiting for a slot; beyond
                           the requested one (default: the model file's name)
   --strict-model-name     refuse (404) a request whose "model" is not a served name (default: any name
                           is accepted and answered by the one model)
+  --strict-finish-reason  send only OpenAI's finish_reason values: "stop" for a cancelled or failed
+                          generation (the final chunk's sluice.reason keeps "cancelled" or "error")
+                          (default: "cancelled" and "error" are sent)
   --log-level <level>     access log, one JSON line per request on stdout: trace, debug, info, warn, error,
                           fatal or silent (default info)
   --max-body <bytes>      largest request body (default 1048576)
@@ -81,6 +84,7 @@ const SERVER_FLAGS: Record<string, string> = {
   allowedOrigins: "--allowed-origin",
   corsOrigins: "--cors-origins",
   servedModelNames: "--served-model-name",
+  strictFinishReason: "--strict-finish-reason",
   logLevel: "--log-level",
   allowedHosts: "--allowed-host",
   maxBodyBytes: "--max-body",
@@ -139,6 +143,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
       "allowed-host": { type: "string", multiple: true },
       "served-model-name": { type: "string", multiple: true },
       "strict-model-name": { type: "boolean" },
+      "strict-finish-reason": { type: "boolean" },
       "log-level": { type: "string" },
       "max-body": { type: "string" },
       "request-timeout": { type: "string" },
@@ -173,6 +178,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
       allowedHosts: values["allowed-host"],
       servedModelNames: values["served-model-name"],
       strictModelName: values["strict-model-name"],
+      strictFinishReason: values["strict-finish-reason"],
       logLevel: (values["log-level"] ?? "info") as ServerOptions["logLevel"],
       maxBodyBytes: integer(values["max-body"], "--max-body", 1),
       requestTimeoutMs: integer(values["request-timeout"], "--request-timeout", 1),
