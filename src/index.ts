@@ -13,6 +13,21 @@ export type {
 export { LlamaEngine, type LlamaEngineOptions, type LlamaGpu } from "./engine/LlamaEngine.ts";
 export { BUNDLED_CHAT_MODEL_PATH, BUNDLED_MODEL_PATH } from "./engine/modelPath.ts";
 export { SluiceError, type SluiceErrorCode } from "./errors.ts";
+export {
+  createGatewayServer,
+  GatewayServer,
+  type GatewayServerOptions,
+  type OpenAIBody,
+  type PoolGenerateOptions,
+  type RoutingPolicy,
+  type StreamFromUpstreamOptions,
+  streamFromUpstream,
+  type UpstreamConfig,
+  type UpstreamErrorCode,
+  UpstreamPool,
+  type UpstreamPoolOptions,
+  type UpstreamSnapshot,
+} from "./gateway/index.ts";
 export type { CancelRecord, RequestRecord } from "./runtime/RequestState.ts";
 export {
   Runtime,
