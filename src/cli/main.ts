@@ -5,6 +5,7 @@ const HELP = `Usage: sluice <command> [options]
 
 Commands:
   generate [prompt]   stream a generation to the terminal (Ctrl-C stops it)
+  chat                chat in the terminal with the bundled chat model (Ctrl-C stops a reply)
   serve               OpenAI-compatible HTTP server with a web playground
   bench <name>        run a benchmark (cancel, overhead, concurrency, stall, memory, channel, detok)
 
@@ -18,6 +19,10 @@ async function main(argv: string[]): Promise<number> {
   switch (command) {
     case "generate":
       return generateCommand(rest);
+    case "chat": {
+      const { chatCommand } = await import("./chat.ts");
+      return chatCommand(rest);
+    }
     case "serve": {
       const { serveCommand } = await import("./serve.ts");
       return serveCommand(rest);
