@@ -75,6 +75,20 @@ const BENCHMARKS: readonly Benchmark[] = [
     engineFlags: false,
   },
   {
+    name: "gateway",
+    summary:
+      "Sluice as a gateway vs the client talking to the upstream (Sluice, llama-server): cost per request, per token, cancel to upstream free",
+    quick: ["--quick"],
+    engineFlags: false,
+  },
+  {
+    name: "gatewaySim",
+    summary:
+      "routing policies over 100 simulated upstreams (round robin, least outstanding, prefix affinity): TTFT, cache hits, sizing",
+    quick: ["--quick"],
+    engineFlags: false,
+  },
+  {
     name: "detok",
     summary: "detokenizer cost per token vs re-decoding the history and a streaming TextDecoder",
     quick: ["200000"],

@@ -3,14 +3,7 @@ import { after, describe, test } from "node:test";
 import type { SluiceError } from "../../src/errors.ts";
 import { createGatewayServer, UpstreamPool } from "../../src/gateway/index.ts";
 import { post, textOf } from "../server/client.ts";
-import {
-  endEvents,
-  type Scripted,
-  SSE_HEADERS,
-  startScripted,
-  textEvent,
-  write,
-} from "./scriptedUpstream.ts";
+import { endEvents, SSE_HEADERS, startScripted, textEvent, write } from "./scriptedUpstream.ts";
 
 // The gateway's HTTP edge against scripted upstreams: how each upstream failure is answered (a status
 // before the stream starts, an error finish chunk after), and what a bad request gets.
