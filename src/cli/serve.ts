@@ -1,3 +1,4 @@
+import { BUNDLED_CHAT_MODEL_PATH } from "../engine/modelPath.ts";
 import { SluiceError } from "../errors.ts";
 import type { RoutingPolicy } from "../gateway/routingPolicy.ts";
 import { runGateway } from "../gateway/runGateway.ts";
@@ -20,7 +21,8 @@ It listens at once; /health answers 503 "loading" until the model is loaded (/he
 Options:
   --host <addr>           address to bind (default 127.0.0.1; 0.0.0.0 exposes it to the network)
   --port <n>              port (default 8080; 0 picks a free one)
-  --model <path>          GGUF model file (default: the bundled kjv-tiny model)
+  --model <path>          GGUF model file (default: the bundled kjv-chat model: a chat template with tool
+                          calls for /v1/chat/completions; it continues plain KJV text for /v1/completions)
   --upstream <url>        serve as a gateway over an OpenAI-compatible server (llama-server, vLLM, Sluice)
                           instead of a local model; repeat for a pool with routing, retries before the
                           first token, health checks and circuit breaking; not with --model (default: none)
@@ -202,7 +204,8 @@ export async function serveCommand(argv: string[]): Promise<number> {
     throw new SluiceError("invalid_request", "--routing chooses among upstreams: give --upstream too.");
   }
   const runtimeOptions = defined({
-    model: values.model,
+    // The chat fine-tune, so that /v1/chat/completions and the playground's chat mode have a real template.
+    model: values.model ?? BUNDLED_CHAT_MODEL_PATH,
     slots: integer(values.slots, "--slots", 1),
     threads: integer(values.threads, "--threads", 1),
     contextSize: integer(values["context-size"], "--context-size", 16),
@@ -305,6 +308,8 @@ export async function serveCommand(argv: string[]): Promise<number> {
       `  playground  ${address.url}/\n` +
       `  try         curl -N ${address.url}/v1/completions -H 'content-type: application/json'${auth} \\\n` +
       `                -d '{"model":"${model}","prompt":"Genesis 1\\n1 In the beginning","max_tokens":40,"stream":true}'\n` +
+      `  chat        curl -N ${address.url}/v1/chat/completions -H 'content-type: application/json'${auth} \\\n` +
+      `                -d '{"model":"${model}","messages":[{"role":"user","content":"Hello"}],"stream":true}'\n` +
       `  Ctrl-C stops (open streams get a final chunk); a second Ctrl-C exits at once.\n`,
   );
   return done;
