@@ -124,7 +124,9 @@ async function sluiceBusy(upstream: string): Promise<boolean> {
 }
 
 async function llamaBusy(upstream: string): Promise<boolean> {
-  const slots = (await (await fetch(`${upstream}/slots`)).json()) as { is_processing: boolean }[];
+  // llama-server closes kept-alive connections on its own schedule: a GET on one it just closed is retried.
+  const get = () => fetch(`${upstream}/slots`).then((r) => r.json() as Promise<{ is_processing: boolean }[]>);
+  const slots = await get().catch(get);
   return slots.some((s) => s.is_processing);
 }
 
