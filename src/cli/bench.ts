@@ -62,6 +62,12 @@ const BENCHMARKS: readonly Benchmark[] = [
     engineFlags: false,
   },
   {
+    name: "logprobs",
+    summary: "tokens/s with logprobs off, 0, 5 and 20 alternatives vs a bare node-llama-cpp loop",
+    quick: ["--quick"],
+    engineFlags: true,
+  },
+  {
     name: "engineBuild",
     summary: "node-llama-cpp's prebuilt CPU binary vs a build for this machine (npm run build:engine)",
     quick: ["--quick"],
