@@ -66,6 +66,20 @@ export function postCompletion(body, signal) {
 }
 
 /**
+ * Starts a streaming chat completion (`messages` in the body). Resolves once the headers are in.
+ * @param {object} body
+ * @param {AbortSignal} signal
+ */
+export function postChat(body, signal) {
+  return fetch("/v1/chat/completions", {
+    method: "POST",
+    headers: headers({ "Content-Type": "application/json", Accept: "text/event-stream" }),
+    body: JSON.stringify(body),
+    signal,
+  });
+}
+
+/**
  * Asks the server to stop a request. Resolves with the HTTP status (404: it had already finished).
  * @param {string} id
  */

@@ -1,8 +1,10 @@
 import { apiKey, getJson } from "./api.js";
+import { Chat } from "./chat.js";
 import { Pane } from "./pane.js";
 import { SlotView } from "./slots.js";
 
 const PANES = 4;
+const MODE_STORAGE = "sluice.mode";
 
 /** @param {string} id */
 const byId = (id) => /** @type {HTMLElement} */ (document.getElementById(id));
@@ -55,9 +57,51 @@ function showPanes() {
   }
 }
 
+const chat = new Chat(
+  {
+    log: byId("chat-log"),
+    input: /** @type {HTMLTextAreaElement} */ (byId("chat-input")),
+    system: /** @type {HTMLTextAreaElement} */ (byId("system-prompt")),
+    send: /** @type {HTMLButtonElement} */ (byId("chat-send")),
+    stop: /** @type {HTMLButtonElement} */ (byId("chat-stop")),
+    clear: /** @type {HTMLButtonElement} */ (byId("chat-clear")),
+    status: byId("chat-status"),
+    error: byId("chat-error"),
+  },
+  settings,
+);
+
+/** @returns {"completion" | "chat"} */
+function mode() {
+  const checked = /** @type {HTMLInputElement | null} */ (
+    document.querySelector('input[name="mode"]:checked')
+  );
+  return checked?.value === "chat" ? "chat" : "completion";
+}
+
+/** Shows one mode's parts. What the hidden mode was generating is stopped: nobody could see or stop it. */
+function showMode() {
+  const shown = mode();
+  for (const element of document.querySelectorAll("[data-mode]")) {
+    /** @type {HTMLElement} */ (element).hidden = /** @type {HTMLElement} */ (element).dataset.mode !== shown;
+  }
+  if (shown === "chat") {
+    for (const pane of panes) void pane.stop();
+  } else {
+    void chat.stop();
+    showPanes();
+  }
+  try {
+    localStorage.setItem(MODE_STORAGE, shown);
+  } catch {
+    // Storage can be disabled: the page then starts in completion mode.
+  }
+}
+
 const slots = new SlotView(
   { strip: byId("slot-strip"), summary: byId("slot-summary"), queued: byId("queued"), steps: byId("steps") },
   (requestId) => {
+    if (requestId === chat.requestId) return "chat";
     const pane = panes.find((p) => p.requestId === requestId);
     return pane === undefined ? undefined : `pane ${pane.number}`;
   },
@@ -84,6 +128,8 @@ byId("stop-all").addEventListener("click", () => {
   for (const pane of panes) void pane.stop();
 });
 field("pane-count").addEventListener("change", showPanes);
+for (const radio of document.querySelectorAll('input[name="mode"]'))
+  radio.addEventListener("change", showMode);
 
 const keyField = field("api-key");
 keyField.value = apiKey.get();
@@ -97,6 +143,12 @@ keyField.addEventListener("change", () => {
 document.addEventListener("keydown", (event) => {
   if (event.key !== "Enter" || !(event.ctrlKey || event.metaKey)) return;
   const target = /** @type {HTMLElement} */ (event.target);
+  if (mode() === "chat") {
+    if (target.closest(".controls, .chat") === null) return;
+    void chat.send();
+    event.preventDefault();
+    return;
+  }
   const pane = panes.find((p) => p.override === target);
   if (pane !== undefined) void pane.generate();
   else if (target.closest(".controls") !== null) for (const p of visible()) void p.generate();
@@ -104,6 +156,15 @@ document.addEventListener("keydown", (event) => {
   event.preventDefault();
 });
 
-showPanes();
+try {
+  const saved = localStorage.getItem(MODE_STORAGE);
+  const radio = /** @type {HTMLInputElement | null} */ (
+    document.querySelector(`input[name="mode"][value="${saved}"]`)
+  );
+  if (radio !== null) radio.checked = true;
+} catch {
+  // No storage: completion mode.
+}
+showMode();
 void loadModel();
 slots.start();

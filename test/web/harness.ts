@@ -2,6 +2,7 @@ import { constants } from "node:fs";
 import { access } from "node:fs/promises";
 import { type Browser, chromium, type Locator, type Page } from "playwright-core";
 import { Runtime } from "../../src/runtime/Runtime.ts";
+import type { RuntimeOptions } from "../../src/runtime/RuntimeOptions.ts";
 import { createServer, type ServerOptions, type SluiceServer } from "../../src/server/index.ts";
 
 /** Debian's package; the tests never download a browser. */
@@ -64,9 +65,21 @@ export async function launchChromium(): Promise<Browser> {
   return chromium.launch({ executablePath: CHROMIUM_PATH, headless: true, args: CHROMIUM_ARGS });
 }
 
-/** The real runtime on the bundled model. */
-export function startRuntime(): Promise<Runtime> {
-  return Runtime.create({ slots: 4, contextSize: 512, threads: 1 });
+/** The real runtime on the bundled model (or on `options.model`), four slots, one thread. */
+export function startRuntime(options: RuntimeOptions = {}): Promise<Runtime> {
+  return Runtime.create({ slots: 4, contextSize: 512, threads: 1, ...options });
+}
+
+/** One assistant reply of the chat mode, once its stream has ended. */
+export interface ChatReply {
+  text: string;
+  /** The finish reason as the server sent it ("cancelled" when the connection was closed instead). */
+  finish: string;
+  tokens: number;
+  /** Prompt tokens the server's prompt cache held (`usage.prompt_tokens_details.cached_tokens`). */
+  cached: number | undefined;
+  /** The line under the reply: tokens, tok/s, prompt and cached tokens, how it ended. */
+  meta: string;
 }
 
 export async function startServer(
@@ -146,6 +159,53 @@ export class PlaygroundPage {
     return this.page
       .locator("#slot-strip .slot")
       .evaluateAll((boxes) => boxes.map((box) => (box as HTMLElement).dataset.state ?? ""));
+  }
+
+  async mode(name: "Completion" | "Chat"): Promise<void> {
+    await this.page.getByRole("radio", { name, exact: true }).check();
+  }
+
+  get chat(): Locator {
+    return this.page.getByRole("region", { name: "Chat", exact: true });
+  }
+
+  chatButton(name: "Send" | "Stop" | "New chat"): Locator {
+    return this.chat.getByRole("button", { name, exact: true });
+  }
+
+  async sendChat(message: string): Promise<void> {
+    await this.control("Message").fill(message);
+    await this.chatButton("Send").click();
+  }
+
+  /** Waits until the n-th assistant reply (1-based) has streamed more than `chars` characters. */
+  async waitForReplyText(n: number, chars: number): Promise<void> {
+    await this.page.waitForFunction(
+      ([n, chars]) => {
+        const turn = document.querySelectorAll('#chat-log .turn[data-role="assistant"]')[n - 1];
+        return (turn?.querySelector(".bubble")?.textContent?.length ?? 0) > chars;
+      },
+      [n, chars] as const,
+    );
+  }
+
+  /** Waits for the n-th assistant reply (1-based) to end, and reads it. */
+  async reply(n: number): Promise<ChatReply> {
+    const handle = await this.page.waitForFunction((n) => {
+      const turn = document.querySelectorAll<HTMLElement>('#chat-log .turn[data-role="assistant"]')[n - 1];
+      return turn?.dataset.phase === "done" ? turn : null;
+    }, n);
+    return handle.evaluate((found) => {
+      const turn = found as HTMLElement;
+      const { finish, tokens, cached } = turn.dataset;
+      return {
+        text: turn.querySelector(".bubble")?.textContent ?? "",
+        finish: finish ?? "",
+        tokens: Number(tokens),
+        cached: cached === undefined ? undefined : Number(cached),
+        meta: turn.querySelector(".meta")?.textContent ?? "",
+      };
+    });
   }
 
   async waitForSlots(predicate: "all free" | "some busy"): Promise<void> {

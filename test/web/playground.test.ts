@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { after, afterEach, before, describe, test } from "node:test";
 import type { Browser, BrowserContext } from "playwright-core";
+import { BUNDLED_CHAT_MODEL_PATH } from "../../src/engine/modelPath.ts";
 import type { Runtime } from "../../src/runtime/Runtime.ts";
 import type { SluiceServer } from "../../src/server/index.ts";
 import {
@@ -215,5 +216,169 @@ describe("web playground in headless Chromium", () => {
     } finally {
       await keyed.server.close();
     }
+  });
+});
+
+describe("web playground chat mode on the bundled chat model, in headless Chromium", () => {
+  let runtime: Runtime | undefined;
+  let server: SluiceServer | undefined;
+  let browser: Browser | undefined;
+  let url = "";
+  let context: BrowserContext | undefined;
+
+  before(async () => {
+    if (skip) return;
+    browser = await launchChromium();
+    runtime = await startRuntime({ model: BUNDLED_CHAT_MODEL_PATH, contextSize: 1024 });
+    ({ server, url } = await startServer(runtime));
+  });
+
+  afterEach(async () => {
+    await context?.close();
+    context = undefined;
+  });
+
+  after(async () => {
+    await browser?.close();
+    await server?.close();
+    await runtime?.close();
+  });
+
+  /** The playground in chat mode, greedy, in a fresh browser context. */
+  async function openChat(): Promise<PlaygroundPage> {
+    context = await browser!.newContext({ viewport: { width: 1280, height: 900 } });
+    const page = await context.newPage();
+    page.setDefaultTimeout(20_000);
+    const ui = new PlaygroundPage(page);
+    await ui.open(url);
+    await ui.mode("Chat");
+    await ui.set("Temperature", "0");
+    return ui;
+  }
+
+  /** The server's own greedy answer to `messages`, not streamed: what the page must have shown. */
+  async function answer(messages: { role: string; content: string }[]): Promise<string> {
+    const response = await fetch(`${url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ messages, temperature: 0, max_tokens: 200, cache_prompt: false }),
+    });
+    assert.equal(response.status, 200);
+    const json = (await response.json()) as { choices: { message: { content: string } }[] };
+    return json.choices[0]!.message.content;
+  }
+
+  test("a conversation: replies stream in through the chat template, the second reads the first from the cache", {
+    skip,
+  }, async () => {
+    const ui = await openChat();
+    assert.equal(await ui.page.locator("#model").textContent(), "kjv-chat.gguf");
+    // Chat mode shows the conversation and hides the completion panes.
+    assert.equal(await ui.chat.isVisible(), true);
+    assert.equal(await ui.control("Prompt").isVisible(), false);
+    assert.equal(await ui.page.getByRole("region", { name: "Pane 1" }).isVisible(), false);
+
+    await ui.sendChat("Hello");
+    const first = await ui.reply(1);
+    assert.equal(first.finish, "stop");
+    assert.equal(first.text, await answer([{ role: "user", content: "Hello" }]));
+    const shape = /^(\d+) tokens · \d+ tok\/s · prompt (\d+) tokens, (\d+) cached$/;
+    const firstMeta = shape.exec(first.meta);
+    assert.ok(
+      firstMeta,
+      `tokens, tok/s and cached prompt tokens under the reply, got ${JSON.stringify(first.meta)}`,
+    );
+    assert.equal(Number(firstMeta[1]), first.tokens);
+    assert.equal(await ui.page.locator("#chat-status").textContent(), "done");
+
+    // Enter sends too.
+    await ui.control("Message").fill("Tell me more");
+    await ui.control("Message").press("Enter");
+    const second = await ui.reply(2);
+    assert.equal(second.finish, "stop");
+    assert.equal(
+      second.text,
+      await answer([
+        { role: "user", content: "Hello" },
+        { role: "assistant", content: first.text },
+        { role: "user", content: "Tell me more" },
+      ]),
+    );
+    const secondMeta = shape.exec(second.meta);
+    assert.ok(secondMeta, second.meta);
+    // The whole first turn is a prefix of the second prompt, and the server's cache still holds it.
+    assert.ok(Number(secondMeta[2]) > Number(firstMeta[2]) + first.tokens, second.meta);
+    assert.ok(
+      second.cached! >= Number(firstMeta[2]),
+      `the first turn was read from the cache: ${second.meta}`,
+    );
+
+    // A new chat forgets the conversation: the same message gets the same prompt as the first time.
+    await ui.chatButton("New chat").click();
+    assert.equal(await ui.page.locator("#chat-log .turn").count(), 0);
+    await ui.sendChat("Hello");
+    const again = shape.exec((await ui.reply(1)).meta);
+    assert.equal(again?.[2], firstMeta[2]);
+  });
+
+  test("Stop mid-reply: cancelled within one step, the slot is free, and the conversation goes on", {
+    skip,
+  }, async () => {
+    const ui = await openChat();
+    await ui.set("Max tokens", "480");
+    // The chat model continues a KJV passage at length, so the reply is still streaming when Stop is pressed.
+    await ui.sendChat("Genesis 1\n1 In the beginning");
+    await ui.waitForReplyText(1, 40);
+    await ui.waitForSlots("some busy");
+    assert.equal(await ui.page.locator("#chat-status").textContent(), "streaming");
+    await ui.chatButton("Stop").click();
+
+    const stopped = await ui.reply(1);
+    assert.equal(stopped.finish, "cancelled");
+    assert.ok(stopped.tokens > 0 && stopped.tokens < 480, `stopped mid-reply after ${stopped.tokens} tokens`);
+    const steps = /stopped, slot free in (\d+) steps?$/.exec(stopped.meta);
+    assert.ok(steps, `the cancel latency is shown, got ${JSON.stringify(stopped.meta)}`);
+    assert.ok(Number(steps[1]) <= 1, `the slot is freed within one step: ${stopped.meta}`);
+    assert.equal(await ui.page.locator("#chat-status").textContent(), "stopped");
+    await ui.waitForSlots("all free");
+    const slots = (await (await fetch(`${url}/v1/slots`)).json()) as { slots: { state: string }[] };
+    assert.deepEqual(
+      slots.slots.map((slot) => slot.state),
+      ["free", "free", "free", "free"],
+    );
+    assert.equal(await ui.chatButton("Send").isEnabled(), true);
+    assert.equal(await ui.chatButton("Stop").isDisabled(), true);
+
+    // The stopped reply stays in the conversation as far as it got.
+    await ui.set("Max tokens", "40");
+    await ui.sendChat("Amen");
+    const next = await ui.reply(2);
+    assert.ok(["stop", "length"].includes(next.finish), next.finish);
+    assert.ok(next.text.length > 0);
+    assert.ok(next.cached! > 0, `the stopped exchange was read from the cache: ${next.meta}`);
+  });
+
+  test("a system prompt is sent first; a refused request shows the server's message", { skip }, async () => {
+    const ui = await openChat();
+    await ui.set("System prompt", "Answer in one short sentence.");
+    await ui.sendChat("Hello");
+    const reply = await ui.reply(1);
+    assert.equal(
+      reply.text,
+      await answer([
+        { role: "system", content: "Answer in one short sentence." },
+        { role: "user", content: "Hello" },
+      ]),
+    );
+
+    await ui.set("Max tokens", "5000");
+    await ui.sendChat("Hello again");
+    await ui.reply(2);
+    const error = ui.chat.getByRole("alert");
+    await error.waitFor({ state: "visible" });
+    assert.match((await error.textContent()) ?? "", /exceeds the context of 1024 tokens/);
+    assert.equal(await ui.page.locator("#chat-status").textContent(), "error");
+    // The refused message is not part of the conversation sent next.
+    assert.equal(await ui.page.locator("#chat-log .turn.unsent").count(), 2);
   });
 });
