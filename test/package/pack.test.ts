@@ -85,6 +85,8 @@ test("the tarball ships compiled JavaScript, declarations, the models and the pl
     "dist/cli/main.js",
     "bin/sluice.js",
     "models/kjv-tiny.gguf",
+    "models/kjv-chat.gguf",
+    "models/MODEL_CARD.md",
     "web/index.html",
     "README.md",
   ]) {
