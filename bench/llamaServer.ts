@@ -47,8 +47,11 @@ export interface LlamaBinaries {
   batchedBench: string;
 }
 
-/** The cached build for this node-llama-cpp, or an error that names the command which makes it. */
-export function findLlamaBinaries(): LlamaBinaries {
+/**
+ * The cached build for this node-llama-cpp, or an error that names the command which makes it. `llama-server`
+ * must be there; `llama-batched-bench` too when `batchedBench` is asked for (CI builds the server only).
+ */
+export function findLlamaBinaries(options: { batchedBench?: boolean } = {}): LlamaBinaries {
   const commit = bundleCommit();
   const cacheRoot = process.env.SLUICE_CACHE_DIR || join(homedir(), ".cache", "sluice");
   const dir = join(cacheRoot, `llama.cpp-${commit.slice(0, 12)}`, "bin");
@@ -58,7 +61,7 @@ export function findLlamaBinaries(): LlamaBinaries {
     server: join(dir, "llama-server"),
     batchedBench: join(dir, "llama-batched-bench"),
   };
-  if (!existsSync(binaries.server) || !existsSync(binaries.batchedBench)) {
+  if (!existsSync(binaries.server) || (options.batchedBench === true && !existsSync(binaries.batchedBench))) {
     throw new Error(
       `llama-server for llama.cpp ${commit.slice(0, 12)} is not built (looked in ${dir}). ` +
         `Build it once with \`${BUILD_COMMAND}\` (offline; 25 minutes on 2 cores here).`,
@@ -269,7 +272,7 @@ export async function startSluiceServer(options: SluiceServerOptions): Promise<S
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   try {
-    const binaries = findLlamaBinaries();
+    const binaries = findLlamaBinaries({ batchedBench: true });
     console.log(`llama.cpp ${binaries.commit}\n${binaries.server}\n${binaries.batchedBench}`);
   } catch (error) {
     console.error((error as Error).message);

@@ -667,7 +667,7 @@ async function batchedBench(binaries: LlamaBinaries, model: string, threads: num
 const args = benchArgs();
 const host = await machine();
 const names = (args.models ?? (args.quick ? ["bundled"] : ["bundled", "edge"])) as BenchModelName[];
-const binaries = findLlamaBinaries();
+const binaries = findLlamaBinaries({ batchedBench: true });
 const started = performance.now();
 console.log(`peer: ${describeMachine(host)}${args.quick ? " (quick)" : ""}`);
 console.log(

@@ -11,6 +11,8 @@
 # Environment:
 #   SLUICE_CACHE_DIR    where the cache lives (defaults to $HOME/.cache/sluice)
 #   SLUICE_BUILD_JOBS   parallel compile jobs (defaults to 2)
+#   SLUICE_LLAMA_TARGETS  which binaries, space-separated (defaults to "llama-server llama-batched-bench"; CI
+#                         builds llama-server only, which the tests need)
 set -euo pipefail
 
 log() { printf 'build-llama-server: %s\n' "$*" >&2; }
@@ -31,7 +33,7 @@ short=${commit:0:12}
 
 cache_root=${SLUICE_CACHE_DIR:-$HOME/.cache/sluice}
 dest="$cache_root/llama.cpp-$short"
-targets=(llama-server llama-batched-bench)
+read -r -a targets <<<"${SLUICE_LLAMA_TARGETS:-llama-server llama-batched-bench}"
 
 cached() {
   local t
@@ -84,6 +86,8 @@ log "building ${targets[*]} with -j$jobs (25 minutes on 2 cores here)"
 cmake --build "$work/build" --config Release -j "$jobs" --target "${targets[@]}" >&2
 
 mkdir -p "$work/out/bin"
+# Binaries of an earlier build with other targets stay.
+[[ -d $dest/bin ]] && cp -p "$dest/bin"/* "$work/out/bin/" 2>/dev/null || true
 for t in "${targets[@]}"; do
   install -m 755 "$work/build/bin/$t" "$work/out/bin/$t"
 done
