@@ -32,16 +32,30 @@ export interface SamplerConfig {
  * One slot's share of a step. `sample` undefined: a prefill chunk (tokens go into the KV cache, nothing is
  * sampled). `sample` set: feed `tokens` (the last prompt chunk, or the previously sampled token) and sample
  * one next token.
+ *
+ * `draft` (speculative decoding, engines with `capabilities.speculative`, never with `sample.grammar` or
+ * `sample.logprobs`): tokens guessed to follow `tokens`. The engine feeds `tokens` then the draft, samples the
+ * next token after the last of `tokens` and after each draft token, accepts the longest draft prefix that
+ * equals what it sampled (the outcome's `accepted`) and returns its own token after that prefix (`token`).
+ * Rejected draft tokens are gone from the KV cache when the step resolves: the cache then holds `tokens` and
+ * the accepted prefix, and, as for a plain item, not `token`. A request carries `draft` (empty when there is
+ * no guess) on every sampling item or on none: it picks the request's sampling path (see
+ * `EngineCapabilities.speculative`).
  */
 export interface StepItem {
   slot: number;
   tokens: readonly number[];
   sample: SamplerConfig | undefined;
+  draft?: readonly number[];
 }
 
-/** What one item of a step produced. An error here belongs to that slot's request only. */
+/**
+ * What one item of a step produced. An error here belongs to that slot's request only. For an item with a
+ * `draft`, `accepted` (0 to the draft's length) draft tokens were accepted: the request's new tokens are
+ * `draft[0..accepted)` then `token`.
+ */
 export type StepOutcome =
-  | { ok: true; token: number | undefined; logprob?: TokenLogprob }
+  | { ok: true; token: number | undefined; logprob?: TokenLogprob; accepted?: number }
   | { ok: false; error: unknown };
 
 /** What an engine can do beyond running steps. */
@@ -56,6 +70,12 @@ export interface EngineCapabilities {
   grammar: boolean;
   /** Steps report `logprob` for items whose sampler asks for `logprobs`. */
   logprobs: boolean;
+  /**
+   * Steps verify `StepItem.draft` (speculative decoding) in the same batch as every other item. Greedy
+   * output is the same token for token with or without drafts; with temperature > 0 each position's token is
+   * the target's own sample there, so the output follows the target's distribution whatever was drafted.
+   */
+  speculative: boolean;
 }
 
 export interface EngineInfo {

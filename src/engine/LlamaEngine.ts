@@ -160,6 +160,8 @@ export class LlamaEngine implements Engine {
   readonly #generators: (Generator | undefined)[];
   readonly #lastSampled: (number | undefined)[];
   readonly #sampling: (SlotSampling | undefined)[];
+  /** Each slot's sampler for draft verification, created by its first speculative request. */
+  readonly #verifiers: (InternalSampler | undefined)[];
   /** llama.cpp's any-JSON-object grammar (OpenAI's json_object), read once. */
   readonly #jsonGrammar: string;
   /** Compiled grammars by GBNF text, most recently used last (compiling parses the text). */
@@ -182,6 +184,7 @@ export class LlamaEngine implements Engine {
     this.#generators = new Array(info.slots).fill(undefined);
     this.#lastSampled = new Array(info.slots).fill(undefined);
     this.#sampling = new Array(info.slots).fill(undefined);
+    this.#verifiers = new Array(info.slots).fill(undefined);
     this.#jsonGrammar = readFileSync(
       fileURLToPath(new URL("../llama/grammars/json.gbnf", import.meta.resolve("node-llama-cpp"))),
       "utf8",
@@ -248,7 +251,7 @@ export class LlamaEngine implements Engine {
         vocabulary,
         addBos: model.tokens.shouldPrependBosToken,
         maxStepTokens: context.batchSize,
-        capabilities: { promptCache: true, grammar: true, logprobs: true },
+        capabilities: { promptCache: true, grammar: true, logprobs: true, speculative: true },
         backend,
         gpuLayers: model.gpuLayers,
       };
@@ -323,6 +326,7 @@ export class LlamaEngine implements Engine {
         await this.#sequences[item.slot]!.evaluateWithoutGeneratingNewTokens(item.tokens as Token[]);
         return { ok: true, token: undefined };
       }
+      if (item.draft !== undefined) return await this.#verify(item, item.sample, item.draft);
       let generator = this.#generators[item.slot];
       if (generator === undefined) {
         generator = this.#startGenerator(item.slot, item.tokens, item.sample);
@@ -347,6 +351,108 @@ export class LlamaEngine implements Engine {
       return { ok: false, error };
     }
   }
+
+  /**
+   * Speculative decoding: the item's tokens and its draft go into the step's batch as one decode, with logits
+   * after the last token and after each draft token. Positions are sampled in order, with the slot's own
+   * sampler, until the target's token differs from the draft: that token (or the one after a fully accepted
+   * draft) is the outcome's, and positions after it are not sampled at all. Rejected draft tokens are erased
+   * from the KV cache before the step resolves.
+   *
+   * node-llama-cpp's `controlledEvaluate` does the same decode but creates a sampler per call and samples
+   * every position; bench/speculative.ts measured that overhead at more than the decode itself on the
+   * bundled model, so this calls the same internal decode it does (`_decodeTokens`, node-llama-cpp 3.22.1).
+   * Requests with drafts decode through here on every step, never through a generator, so that their tokens
+   * do not depend on which steps had drafts (see `positionSeed`).
+   */
+  async #verify(item: StepItem, sample: SamplerConfig, draft: readonly number[]): Promise<StepOutcome> {
+    const { slot, tokens } = item;
+    if (
+      sample.grammar !== undefined ||
+      sample.logprobs !== undefined ||
+      this.#generators[slot] !== undefined
+    ) {
+      throw new SluiceError(
+        "internal_error",
+        `Slot ${slot} was given a draft with a grammar, log-probabilities or after plain decoding steps.`,
+      );
+    }
+    const last = this.#lastSampled[slot];
+    if (last !== undefined && (tokens.length !== 1 || tokens[0] !== last)) {
+      throw new SluiceError("internal_error", `Slot ${slot} was fed tokens it did not sample.`);
+    }
+    const sequence = this.#sequences[slot]! as unknown as InternalSequence;
+    const context = (this.#context as unknown as { _ctx: InternalContext })._ctx;
+    const sampler = this.#verifier(slot);
+    const first = tokens.length - 1;
+    const input = tokens.length === 1 && draft.length === 0 ? tokens : [...tokens, ...draft];
+    const logits: boolean[] = [];
+    for (let i = first; i < input.length; i++) logits[i] = true;
+    // Greedy sampling ignores the seed: a fixed one keeps the sampler chain as it is between positions.
+    const config = {
+      temperature: sample.temperature,
+      topK: sample.topK,
+      topP: sample.topP,
+      minP: sample.minP,
+      seed: 0,
+    };
+    const position = sequence.nextTokenIndex + first;
+    let rejected = false;
+    const results = await sequence._decodeTokens(
+      input,
+      logits,
+      DEFAULT_EVALUATION_PRIORITY,
+      sequence._tokenMeter,
+      this.#noShift,
+      (batchLogitIndex: number, index: number) => {
+        // Positions are sampled one after another: once one differs from the draft, the rest are not needed.
+        if (rejected) return null;
+        const j = index - first;
+        config.seed = sample.temperature > 0 ? positionSeed(sample.seed, position + j) : 0;
+        sampler.applyConfig(config);
+        return context.sampleToken(batchLogitIndex, sampler).then((token: number) => {
+          if (j < draft.length && token !== draft[j]) rejected = true;
+          return token;
+        });
+      },
+      sequence._takeIntervalCheckpointIfNeededAfterBatch,
+    );
+    let accepted = 0;
+    while (accepted < draft.length && results[first + accepted] === draft[accepted]) accepted++;
+    const token = results[first + accepted];
+    if (typeof token !== "number" || token < 0) {
+      throw new SluiceError("engine_error", "The engine sampled no token.");
+    }
+    // Rejected positions leave the KV cache before the step resolves: the next step starts from exact state.
+    const cut = draft.length - accepted;
+    if (cut > 0) {
+      const end = sequence.nextTokenIndex;
+      await this.#sequences[slot]!.eraseContextTokenRanges([{ start: end - cut, end }]);
+    }
+    this.#lastSampled[slot] = token;
+    return { ok: true, token, accepted };
+  }
+
+  /** The slot's verification sampler (llama.cpp's sampler chain), created once and reconfigured per use. */
+  #verifier(slot: number): InternalSampler {
+    let sampler = this.#verifiers[slot];
+    if (sampler === undefined) {
+      const bindings = (
+        this.#llama as unknown as { _bindings: { AddonSampler: new (model: unknown) => InternalSampler } }
+      )._bindings;
+      sampler = new bindings.AddonSampler((this.#model as unknown as { _model: unknown })._model);
+      this.#verifiers[slot] = sampler;
+    }
+    return sampler;
+  }
+
+  /** The runtime keeps prompt + maxTokens within the context; a shift would silently drop the prompt. */
+  readonly #noShift = {
+    size: 1,
+    strategy: (): never => {
+      throw new SluiceError("engine_error", "The slot's context is full.");
+    },
+  };
 
   #startGenerator(slot: number, tokens: readonly number[], sample: SamplerConfig): Generator {
     const sequence = this.#sequences[slot]!;
@@ -447,6 +553,9 @@ export class LlamaEngine implements Engine {
     this.#generators[slot] = undefined;
     this.#sampling[slot] = undefined;
     this.#lastSampled[slot] = undefined;
+    // A new request starts with a new sampler: no random state carries over from the last one.
+    this.#verifiers[slot]?.dispose();
+    this.#verifiers[slot] = undefined;
     // The generator must have exited before the KV cache is touched (erasing under a queued decode corrupts
     // the sequence for every later request). Its last sampled token was never fed: it is not in the cache.
     if (generator) await generator.return();
@@ -471,6 +580,7 @@ export class LlamaEngine implements Engine {
     if (this.#closed) return;
     this.#closed = true;
     await Promise.allSettled(this.#generators.map((g) => g?.return()));
+    for (const sampler of this.#verifiers) sampler?.dispose();
     await this.#context.dispose().catch(() => {});
     await this.#model.dispose().catch(() => {});
     await this.#llama.dispose().catch(() => {});
@@ -498,6 +608,46 @@ function finiteJsonGrammar(gbnf: string): string {
       return line;
     })
     .join("\n");
+}
+
+/** node-llama-cpp's default evaluation priority (3.22.1), which every other call of this engine uses. */
+const DEFAULT_EVALUATION_PRIORITY = 5;
+
+/** The parts of node-llama-cpp 3.22.1's sequence that draft verification uses (see `#verify`). */
+interface InternalSequence {
+  readonly nextTokenIndex: number;
+  readonly _tokenMeter: unknown;
+  readonly _takeIntervalCheckpointIfNeededAfterBatch: unknown;
+  _decodeTokens(
+    tokens: readonly number[],
+    logits: readonly boolean[],
+    priority: number,
+    tokenMeter: unknown,
+    contextShift: unknown,
+    mapper: (batchLogitIndex: number, index: number) => Promise<number> | null,
+    afterBatch: unknown,
+  ): Promise<(number | null | undefined)[]>;
+}
+
+interface InternalContext {
+  sampleToken(batchLogitIndex: number, sampler: InternalSampler): Promise<number>;
+}
+
+interface InternalSampler {
+  applyConfig(config: Record<string, number>): void;
+  dispose(): void;
+}
+
+/**
+ * The sampler seed at one KV position of a speculative request: the request's seed mixed with the position,
+ * so that the token sampled at a position depends on the seed, the position and the logits there, never on
+ * which step sampled it or how many draft tokens that step verified.
+ */
+export function positionSeed(seed: number, position: number): number {
+  let h = Math.imul(seed ^ 0x5bd1e995, 0x9e3779b1) ^ Math.imul(position + 1, 0x85ebca6b);
+  h ^= h >>> 15;
+  h = Math.imul(h, 0xc2b2ae35);
+  return (h ^ (h >>> 13)) >>> 0;
 }
 
 function logprobOf(sampled: Sampled, top: number): TokenLogprob {

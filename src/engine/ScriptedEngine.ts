@@ -39,6 +39,15 @@ export interface ScriptedEngineOptions {
   promptCache?: boolean;
   /** `info.maxStepTokens`. Defaults to 512. */
   maxStepTokens?: number;
+  /** Whether steps verify drafts (`capabilities.speculative`). Defaults to true. */
+  speculative?: boolean;
+  /**
+   * How many tokens of an item's draft the engine accepts, given the draft and the script's tokens at the same
+   * positions (`expected`, as long as the draft): 0 to `draft.length`. Defaults to the longest prefix of the
+   * draft equal to `expected`, which is what a model does. Accepted tokens stand in for the script's (the
+   * script goes on after them), so a test can accept any run it likes.
+   */
+  acceptDraft?: (draft: readonly number[], expected: readonly number[], step: ScriptedStep) => number;
 }
 
 /**
@@ -66,7 +75,12 @@ export class ScriptedEngine implements Engine {
       vocabulary,
       addBos: vocabulary.addBos,
       maxStepTokens: options.maxStepTokens ?? 512,
-      capabilities: { promptCache: options.promptCache ?? true, grammar: false, logprobs: true },
+      capabilities: {
+        promptCache: options.promptCache ?? true,
+        grammar: false,
+        logprobs: true,
+        speculative: options.speculative ?? true,
+      },
     };
     for (let id = 0; id < vocabulary.size; id++) {
       const bytes = vocabulary.bytesOf(id);
@@ -121,6 +135,7 @@ export class ScriptedEngine implements Engine {
       if (fault)
         return { ok: false, error: new Error(fault.message ?? `Injected fault at step ${step.step}.`) };
       try {
+        if (item.draft !== undefined) return this.#verify(item, step);
         const token = this.#advance(item);
         const wanted = item.sample?.logprobs;
         if (wanted === undefined || token === undefined) return { ok: true, token };
@@ -144,6 +159,35 @@ export class ScriptedEngine implements Engine {
     const cursor = this.#cursor[item.slot]!;
     this.#cursor[item.slot] = cursor + 1;
     return script[cursor] ?? this.info.vocabulary.eos ?? 0;
+  }
+
+  /** A draft checked against the script: the accepted prefix, then the script's own token after it. */
+  #verify(item: StepItem, step: ScriptedStep): StepOutcome {
+    const draft = item.draft!;
+    if (!this.info.capabilities.speculative) throw new Error("This engine does not verify drafts.");
+    if (item.sample === undefined || item.sample.logprobs !== undefined) {
+      throw new Error("A draft needs a sampling item without logprobs.");
+    }
+    const slot = item.slot;
+    const first = this.#advance({ slot, tokens: item.tokens, sample: item.sample });
+    const fed = this.#fed[slot]!;
+    fed.push(...draft);
+    if (fed.length > this.info.contextSize) throw new Error(`Slot ${slot} overflowed its context.`);
+    // #advance moved the cursor one past the first position: the script from there on is what the draft guessed.
+    const cursor = this.#cursor[slot]! - 1;
+    const script = this.#scripts[slot]!;
+    const eos = this.info.vocabulary.eos ?? 0;
+    const expected = Array.from({ length: draft.length }, (_, i) => script[cursor + i] ?? eos);
+    let accepted = 0;
+    if (this.#options.acceptDraft !== undefined) {
+      const wanted = Math.floor(this.#options.acceptDraft(draft, expected, step));
+      accepted = Math.max(0, Math.min(draft.length, Number.isFinite(wanted) ? wanted : 0));
+    } else while (accepted < draft.length && draft[accepted] === expected[accepted]) accepted++;
+    const token = accepted === 0 ? first : (script[cursor + accepted] ?? eos);
+    this.#cursor[slot] = cursor + accepted + 1;
+    // Rejected draft tokens leave the scripted KV cache, as they leave a model's.
+    fed.length -= draft.length - accepted;
+    return { ok: true, token, accepted };
   }
 
   /** Every token fed to the slot since it was last trimmed: the scripted KV cache. */
