@@ -173,4 +173,12 @@ export interface GenerationRequest extends SamplingOptions {
    * `promptCache` is on); false evaluates the whole prompt on an emptied slot.
    */
   cachePrompt?: boolean;
+  /**
+   * Speculative decoding (the runtime's `drafter`): draft tokens are verified several per step, and chunks
+   * may then carry several tokens. Defaults to true when the runtime has a drafter and the request uses
+   * plain sampling; false opts out. Verification supports temperature, top-k, top-p, min-p and seed only:
+   * requests with a grammar, logprobs, penalties, logitBias or minTokens do not speculate, and asking
+   * `true` with them, or on a runtime without a drafter, is refused (`invalid_request`).
+   */
+  speculative?: boolean;
 }

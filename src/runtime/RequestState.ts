@@ -1,6 +1,7 @@
 import type { ChannelProducer } from "../channel/index.ts";
 import type { OutputProcessor } from "../detok/index.ts";
 import type { ChunkError, FinishReason, Timings, TokenLogprob } from "../types.ts";
+import type { Speculation } from "./Speculation.ts";
 import type { NormalizedRequest } from "./validate.ts";
 
 /** A request's life, one way only: queued → prefill → decode → finished (any state may jump to finished). */
@@ -67,6 +68,8 @@ export class RequestState {
     readonly request: NormalizedRequest,
     readonly producer: ChannelProducer,
     readonly processor: OutputProcessor,
+    /** Its drafter and draft length when it decodes speculatively; undefined otherwise. */
+    readonly speculation?: Speculation,
   ) {
     this.logprobs = request.sampler.logprobs === undefined ? undefined : [];
   }

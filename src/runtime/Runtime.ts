@@ -5,12 +5,16 @@ import type { Engine, StepItem } from "../engine/Engine.ts";
 import type { LlamaEngineOptions } from "../engine/LlamaEngine.ts";
 import { SluiceError, toChunkError } from "../errors.ts";
 import type { ChunkError, GenerationRequest, Timings, TokenLogprob } from "../types.ts";
+import { DraftCost } from "./DraftCost.ts";
+import type { Drafter } from "./Drafter.ts";
 import { PrefillSizer } from "./PrefillSizer.ts";
+import { PromptLookup } from "./PromptLookup.ts";
 import { pickSlot, type SlotCandidate } from "./pickSlot.ts";
 import { type PlannedItem, planStep, type StepBudget } from "./planStep.ts";
 import { promptTail } from "./promptTail.ts";
 import { type Latch, type RequestRecord, RequestState } from "./RequestState.ts";
 import { parseRuntimeOptions, type RuntimeOptions } from "./RuntimeOptions.ts";
+import { Speculation } from "./Speculation.ts";
 
 export type { RuntimeOptions } from "./RuntimeOptions.ts";
 
@@ -54,6 +58,11 @@ export class Runtime {
   readonly #addBos: boolean;
   /** Whether slots keep their prompt cache between requests (option and engine both allow it). */
   readonly #promptCache: boolean;
+  /** The drafter of speculative decoding, when on and the engine verifies drafts. */
+  readonly #drafter: Drafter | undefined;
+  readonly #draftMax: number;
+  /** What a draft token costs on this engine, learned from its steps. */
+  readonly #draftCost = new DraftCost();
   /** Per slot, the release counter when it was last given back (least recently used goes first). */
   readonly #lastUsed: number[];
   #releases = 0;
@@ -90,7 +99,12 @@ export class Runtime {
     const maxStepTokens = Math.max(engine.info.slots + 1, engine.info.maxStepTokens);
     const fixed =
       typeof options.prefillChunkSize === "number" ? Math.max(1, Math.floor(options.prefillChunkSize)) : 0;
-    this.#budget = { prefillChunk: fixed, prefillBudget: fixed > 0 ? maxStepTokens : 0, maxStepTokens };
+    this.#budget = {
+      prefillChunk: fixed,
+      prefillBudget: fixed > 0 ? maxStepTokens : 0,
+      maxStepTokens,
+      draftThreshold: 0,
+    };
     this.#sizer =
       fixed > 0
         ? undefined
@@ -106,6 +120,12 @@ export class Runtime {
     this.#defaultMaxTokens = options.defaultMaxTokens ?? 256;
     this.#addBos = engine.info.addBos;
     this.#promptCache = (options.promptCache ?? true) && engine.info.capabilities.promptCache;
+    const drafter = options.drafter === "prompt-lookup" ? new PromptLookup() : options.drafter;
+    this.#drafter =
+      drafter !== undefined && drafter !== "off" && engine.info.capabilities.speculative
+        ? drafter
+        : undefined;
+    this.#draftMax = options.draftMax ?? 8;
     this.#lastUsed = new Array(engine.info.slots).fill(0);
     this.stats = new RuntimeStats(engine.info.slots);
     this.#loop = this.#run();
@@ -153,6 +173,7 @@ export class Runtime {
       addBos: this.#addBos,
       defaultMaxTokens: this.#defaultMaxTokens,
       grammarText: this.engine.grammarText?.bind(this.engine),
+      speculative: this.#drafter !== undefined,
     });
     // Until its end record is out (its slot free), an id still names its request.
     if (this.#ending.has(normalized.id)) {
@@ -193,7 +214,10 @@ export class Runtime {
       minTokens: request.minTokens,
       promptTail: promptTail(this.engine.info.vocabulary, request.promptTokens),
     });
-    state = new RequestState(request, producer, processor);
+    const speculation = request.speculative
+      ? new Speculation(this.#drafter!.start(request.promptTokens), this.#draftMax)
+      : undefined;
+    state = new RequestState(request, producer, processor, speculation);
     // Armed before the request can be seen by the loop: from here on, any failure finishes it.
     this.#live.set(request.id, state);
     let resolve!: (record: RequestRecord) => void;
@@ -297,6 +321,7 @@ export class Runtime {
           const decoding = running.some((s) => s.phase === "decode");
           this.#budget.prefillChunk = this.#budget.prefillBudget = this.#sizer.chunk(decoding);
         }
+        this.#budget.draftThreshold = this.#draftCost.threshold;
         const planned = planStep(running, this.#budget);
         if (planned.length === 0) {
           if (!this.#pending) await new Promise<void>((resolve) => (this.#wake = resolve));
@@ -317,10 +342,16 @@ export class Runtime {
     const items = planned.map((p) => p.item);
     // Structurally impossible (finished slots are evicted before planning); counted so a regression shows.
     let promptTokens = 0;
+    let decodes = 0;
+    let draftTokens = 0;
     for (const p of planned) {
-      if (p.state.cancelledAt) p.state.tokensAfterCancel += p.item.tokens.length;
+      const drafted = p.item.draft?.length ?? 0;
+      if (p.state.cancelledAt) p.state.tokensAfterCancel += p.item.tokens.length + drafted;
       if (p.state.phase === "prefill") promptTokens += p.item.tokens.length;
+      else decodes++;
+      draftTokens += drafted;
     }
+    this.stats.draftTokens += draftTokens;
     const started = performance.now();
     let outcomes: Awaited<ReturnType<Engine["step"]>>;
     try {
@@ -334,6 +365,8 @@ export class Runtime {
     const now = performance.now();
     this.stats.step(now - started, items);
     this.#sizer?.observe(now - started, promptTokens);
+    if (this.#drafter !== undefined)
+      this.#draftCost.observe(now - started, decodes, draftTokens, promptTokens);
     for (let i = 0; i < planned.length; i++) {
       const { state, item } = planned[i]!;
       // Cancelled while the step was in flight: its terminal chunk is already out; the result is dropped.
@@ -366,16 +399,38 @@ export class Runtime {
         });
         continue;
       }
-      this.#accept1(state, outcome.token, outcome.logprob);
+      const { draft } = item;
+      if (draft === undefined) {
+        if (!this.#take(state, outcome.token, outcome.logprob)) this.#emitDelta(state);
+        continue;
+      }
+      // A verified draft: its accepted prefix, then the engine's own token; the first finish cause among
+      // them ends the request at that token, and the tokens after it are neither emitted nor counted.
+      const accepted = Math.max(0, Math.min(draft.length, Math.floor(outcome.accepted ?? 0)));
+      state.speculation?.verified(accepted, outcome.token);
+      this.stats.draftTokensAccepted += accepted;
+      let finished = false;
+      for (let j = 0; j < accepted && !finished; j++) finished = this.#take(state, draft[j]!, undefined);
+      if (!finished && !this.#take(state, outcome.token, undefined)) this.#emitDelta(state);
     }
     this.#emit({ type: "step", step: this.#stepsCompleted, items, ms: now - started });
   }
 
-  /** Append one generated token: latch finish causes before emitting, then emit. */
-  #accept1(state: RequestState, token: number, logprob: TokenLogprob | undefined): void {
+  /** Emit what the request's processor has ready (every token taken in this step, the interval allowing). */
+  #emitDelta(state: RequestState): void {
+    const delta = state.processor.take(false);
+    if (delta) state.producer.push(delta.tokenIds, delta.text, state.takeLogprobs(delta.tokenIds.length));
+  }
+
+  /**
+   * Take one generated token: count it, detokenize it and latch any finish cause it brings, finishing the
+   * request then (its terminal chunk carries everything not yet emitted). Returns whether it finished.
+   */
+  #take(state: RequestState, token: number, logprob: TokenLogprob | undefined): boolean {
     const { request, processor } = state;
     state.lastToken = token;
     state.generated++;
+    state.speculation?.push(token);
     const held = processor.tokenCount;
     const hit = processor.push(token);
     // Aligned with the processor's ids: an entry per id it took.
@@ -392,10 +447,9 @@ export class Runtime {
     } else if (state.generated >= request.maxTokens) state.latch({ reason: "length" });
     if (state.latched) {
       this.#finish(state, state.latched);
-      return;
+      return true;
     }
-    const delta = processor.take(false);
-    if (delta) state.producer.push(delta.tokenIds, delta.text, state.takeLogprobs(delta.tokenIds.length));
+    return false;
   }
 
   /**
@@ -462,6 +516,13 @@ export class Runtime {
       // After an error the cache may hold a step that half happened: the next request starts from empty.
       // A cancel leaves it exact (the loop never cuts a step short), so it stays reusable.
       if (state.latched?.reason === "error") await this.engine.trimSlot(slot, 0);
+      else if (state.speculation !== undefined && state.speculation.drafted > 0) {
+        // Accepted draft tokens after the request's last token (a stop inside the run, or a step whose result
+        // a cancel dropped) stay out of the cache: it keeps the prompt and the output but its last token,
+        // what a request that drafted nothing leaves.
+        const keep = state.request.promptTokens.length + Math.max(0, state.generated - 1);
+        await this.engine.trimSlot(slot, keep);
+      }
     } catch {
       // A slot that cannot be released is still handed out: the next request on it fails with an engine
       // error rather than the runtime shrinking silently.
@@ -553,6 +614,8 @@ function modelOptions(options: RuntimeOptions): LlamaEngineOptions {
     maxQueue,
     defaultMaxTokens,
     promptCache,
+    drafter,
+    draftMax,
     ...model
   } = options;
   return model;

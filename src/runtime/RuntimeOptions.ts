@@ -3,6 +3,7 @@ import type { Engine } from "../engine/Engine.ts";
 import { type LlamaEngineOptions, llamaEngineOptionsSchema } from "../engine/LlamaEngine.ts";
 import { SluiceError } from "../errors.ts";
 import { integer, parseOptions, positiveNumber } from "../parseOptions.ts";
+import { type Drafter, isDrafter } from "./Drafter.ts";
 
 export interface RuntimeOptions extends Omit<LlamaEngineOptions, "signal"> {
   /**
@@ -44,6 +45,22 @@ export interface RuntimeOptions extends Omit<LlamaEngineOptions, "signal"> {
   promptCache?: boolean;
   /** maxTokens when a request has none, an integer >= 1. Defaults to 256 (capped by the room left in the context). */
   defaultMaxTokens?: number;
+  /**
+   * Speculative decoding: what guesses the tokens that come next, for the engine to verify several per step.
+   * `"prompt-lookup"`: n-gram matches against the prompt and the output so far (`PromptLookup`, n from 3 down
+   * to 1; no second model), `"off"` (the default), or a `Drafter` of your own (a `PromptLookup` with other
+   * n-gram sizes). Needs an engine that verifies drafts (`capabilities.speculative`; ignored otherwise).
+   * Requests speculate unless they ask `speculative: false` or use what verification does not support
+   * (grammar, logprobs, penalties, logitBias, minTokens). Greedy output is the same token for token; see the
+   * README's Speculative decoding for sampling and seeds.
+   */
+  drafter?: "prompt-lookup" | "off" | Drafter;
+  /**
+   * Most draft tokens per request per step (llama.cpp's `--spec-draft-n-max`, formerly `--draft-max`), an
+   * integer from 1 to 64. Defaults to 8. Each request's draft length adapts below it to its recent
+   * acceptance (`DraftLength`), down to none.
+   */
+  draftMax?: number;
   /** Aborts model loading. */
   signal?: AbortSignal;
 }
@@ -92,6 +109,12 @@ const runtimeOptionsSchema = llamaEngineOptionsSchema.extend({
   maxQueue: integer(0, 1 << 24).optional(),
   defaultMaxTokens: integer(1, 1 << 24).optional(),
   promptCache: z.boolean({ error: "must be true or false" }).optional(),
+  drafter: z
+    .union([z.enum(["prompt-lookup", "off"]), z.custom<Drafter>(isDrafter)], {
+      error: 'must be "prompt-lookup", "off" or a Drafter (name and start(prompt))',
+    })
+    .optional(),
+  draftMax: integer(1, 64).optional(),
 });
 
 /** The options that load a model: they belong to a given engine and are refused beside it. */

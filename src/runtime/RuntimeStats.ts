@@ -18,6 +18,13 @@ export class RuntimeStats {
   promptTokensCached = 0;
   /** Tokens computed for requests after they were cancelled (beyond the step in flight). Must stay 0. */
   tokensAfterCancel = 0;
+  /**
+   * Speculative decoding: draft tokens sent to the engine for verification, and those it accepted (the
+   * target sampled the same token there). Accepted tokens after a request's finishing token count here but
+   * not in its output.
+   */
+  draftTokens = 0;
+  draftTokensAccepted = 0;
   readonly stepSeconds = new Histogram(SECONDS);
   readonly timeToFirstTokenSeconds = new Histogram(SECONDS);
   /** Time between two tokens of one request: from the step that sampled one to the step that sampled the next. */
@@ -26,6 +33,11 @@ export class RuntimeStats {
   readonly cancelSteps = new Histogram([0, 1, 2, 3, 5, 10]);
 
   constructor(readonly slots: number) {}
+
+  /** Accepted draft tokens over drafted ones, 0 to 1; 0 before any draft. */
+  get draftAcceptanceRate(): number {
+    return this.draftTokens > 0 ? this.draftTokensAccepted / this.draftTokens : 0;
+  }
 
   step(ms: number, items: readonly StepItem[]): void {
     this.steps++;

@@ -1,4 +1,5 @@
 import type { StepItem } from "../engine/Engine.ts";
+import { NO_DRAFT } from "./Drafter.ts";
 import type { RequestState } from "./RequestState.ts";
 
 export interface StepBudget {
@@ -8,6 +9,8 @@ export interface StepBudget {
   prefillBudget: number;
   /** Most tokens in one step across all slots. */
   maxStepTokens: number;
+  /** The acceptance chance from which a draft token pays for itself (`DraftCost.threshold`). */
+  draftThreshold: number;
 }
 
 export interface PlannedItem {
@@ -16,10 +19,12 @@ export interface PlannedItem {
 }
 
 /**
- * Decides one step. Every decoding slot gets its token first, so a long prompt never starves a stream; the
- * rest of the budget goes to prefilling slots in admission order (the oldest prompt finishes first, which
- * gives the best average time to first token), at most one chunk each. The chunk that ends a prompt also
- * samples the first token.
+ * Decides one step. Every decoding slot gets its token first, so a long prompt never starves a stream; then
+ * speculative requests get their drafts, in slot order, each at most what its maxTokens leaves after the
+ * token the step samples anyway; the rest of the budget goes to prefilling slots in admission order (the
+ * oldest prompt finishes first, which gives the best average time to first token), at most one chunk each.
+ * The chunk that ends a prompt also samples the first token. Draft tokens count in `maxStepTokens`, not in
+ * the prefill budget.
  */
 export function planStep(running: readonly RequestState[], budget: StepBudget): PlannedItem[] {
   const planned: PlannedItem[] = [];
@@ -31,6 +36,14 @@ export function planStep(running: readonly RequestState[], budget: StepBudget): 
       item: { slot: state.slot, tokens: [state.lastToken], sample: state.request.sampler },
     });
     left -= 1;
+  }
+  for (const { state, item } of planned) {
+    const speculation = state.speculation;
+    if (speculation === undefined) continue;
+    const room = Math.min(left, state.request.maxTokens - state.generated - 1);
+    const draft = speculation.propose(room, budget.draftThreshold);
+    item.draft = draft;
+    left -= draft.length;
   }
   let prefillLeft = budget.prefillBudget;
   for (const state of running) {
@@ -45,6 +58,8 @@ export function planStep(running: readonly RequestState[], budget: StepBudget): 
         slot: state.slot,
         tokens: prompt.slice(state.prefilled, end),
         sample: last ? state.request.sampler : undefined,
+        // A speculative request's sampling items all carry a draft: it picks the engine's sampling path.
+        ...(last && state.speculation !== undefined ? { draft: NO_DRAFT } : {}),
       },
     });
     left -= take;

@@ -18,6 +18,8 @@ export interface NormalizedRequest {
   ignoreEos: boolean;
   rejectOnError: boolean;
   cachePrompt: boolean;
+  /** Decode speculatively: the runtime drafts and the request's sampling allows it. */
+  speculative: boolean;
   signal: AbortSignal | undefined;
 }
 
@@ -30,6 +32,8 @@ export interface SubmissionLimits {
   defaultMaxTokens: number;
   /** The engine's grammar compiler (`Engine.grammarText`), when it has one. */
   grammarText?: ((spec: GrammarSpec) => string) | undefined;
+  /** Whether the runtime drafts and its engine verifies drafts (speculative decoding). Defaults to false. */
+  speculative?: boolean;
 }
 
 const KNOWN_KEYS = new Set<string>([
@@ -59,6 +63,7 @@ const KNOWN_KEYS = new Set<string>([
   "minTokens",
   "grammar",
   "logprobs",
+  "speculative",
 ] satisfies (keyof GenerationRequest)[]);
 
 const MAX_STOPS = 16;
@@ -240,6 +245,14 @@ export function validateStreamingSubmission(
           count: minTokens,
         }
       : undefined;
+  const speculative = speculativeOf(request, limits, {
+    plain:
+      grammar === undefined &&
+      logprobs === undefined &&
+      logitBias === undefined &&
+      suppress === undefined &&
+      (repeatLastN === 0 || (repeatPenalty === 1 && presencePenalty === 0 && frequencyPenalty === 0)),
+  });
   const streamInterval = Math.max(
     1,
     Math.floor(optionalNumber(request, "streamInterval", 1, (v) => v > 0, "a number >= 1")),
@@ -272,8 +285,36 @@ export function validateStreamingSubmission(
     ignoreEos: optionalBoolean(request, "ignoreEos", false),
     rejectOnError: optionalBoolean(request, "rejectOnError", false),
     cachePrompt: optionalBoolean(request, "cachePrompt", true),
+    speculative,
     signal: request.signal,
   };
+}
+
+/**
+ * Whether the request decodes speculatively: by default when the runtime drafts and its sampling is plain
+ * (what verification supports); an explicit `true` that cannot be honoured is refused rather than ignored.
+ */
+function speculativeOf(
+  request: GenerationRequest,
+  limits: SubmissionLimits,
+  sampling: { plain: boolean },
+): boolean {
+  const asked = optionalBoolean(request, "speculative", true);
+  if (!asked) return false;
+  const available = limits.speculative === true;
+  if (request.speculative === true && !available) {
+    throw invalid(
+      "speculative",
+      `The runtime does not decode speculatively (its drafter is off, or the engine ${limits.info.model} cannot verify drafts); remove speculative or start the runtime with drafter "prompt-lookup".`,
+    );
+  }
+  if (request.speculative === true && !sampling.plain) {
+    throw invalid(
+      "speculative",
+      "speculative cannot go with grammar, logprobs, penalties, logitBias or minTokens (draft verification samples with temperature, top-k, top-p, min-p and seed only); remove speculative or those options.",
+    );
+  }
+  return available && sampling.plain;
 }
 
 function ignoreEosOf(request: GenerationRequest): boolean {

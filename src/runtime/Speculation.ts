@@ -1,0 +1,55 @@
+import { NO_DRAFT, type RequestDrafter } from "./Drafter.ts";
+import { DraftLength } from "./DraftLength.ts";
+
+/**
+ * One request's speculative decoding: its drafter, its adaptive draft length and the draft of the step in
+ * flight. The runtime asks for a draft when it plans a step (`propose`), reports the verification
+ * (`verified`) and feeds every token the request takes (`push`).
+ */
+export class Speculation {
+  readonly #drafter: RequestDrafter;
+  readonly length: DraftLength;
+  /** The draft sent with the step in flight (empty when none). */
+  draft: readonly number[] = NO_DRAFT;
+  /** Draft tokens sent to the engine, and those it accepted. */
+  drafted = 0;
+  accepted = 0;
+  /** At length 0: the drafter's one-token guess, checked against the next token for free (-1: none). */
+  #shadow = -1;
+
+  constructor(drafter: RequestDrafter, maxDraft: number) {
+    this.#drafter = drafter;
+    this.length = new DraftLength(maxDraft);
+  }
+
+  /** A token the request took. */
+  push(token: number): void {
+    this.#drafter.push(token);
+  }
+
+  /**
+   * The draft for the next step, at most `room` tokens (what the step budget and maxTokens leave), each
+   * token's acceptance chance at least `threshold` (`DraftCost`).
+   */
+  propose(room: number, threshold: number): readonly number[] {
+    this.#shadow = -1;
+    const length = this.length.current(threshold);
+    if (length === 0 || room <= 0) {
+      if (length === 0 && room > 0) this.#shadow = this.#drafter.draft(1)[0] ?? -1;
+      this.draft = NO_DRAFT;
+    } else this.draft = this.#drafter.draft(Math.min(length, room));
+    this.drafted += this.draft.length;
+    return this.draft;
+  }
+
+  /** The engine accepted `accepted` tokens of the draft and sampled `token` after them. */
+  verified(accepted: number, token: number): void {
+    const drafted = this.draft.length;
+    if (drafted > 0) {
+      this.length.observe(drafted, accepted);
+      this.accepted += accepted;
+    } else if (this.#shadow >= 0) this.length.observe(1, this.#shadow === token ? 1 : 0);
+    this.#shadow = -1;
+    this.draft = NO_DRAFT;
+  }
+}

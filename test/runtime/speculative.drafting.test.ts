@@ -1,0 +1,233 @@
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import fc from "fast-check";
+import { SluiceError } from "../../src/errors.ts";
+import { DraftCost } from "../../src/runtime/DraftCost.ts";
+import type { RequestDrafter } from "../../src/runtime/Drafter.ts";
+import { DraftLength } from "../../src/runtime/DraftLength.ts";
+import { PromptLookup } from "../../src/runtime/PromptLookup.ts";
+import { planStep } from "../../src/runtime/planStep.ts";
+import type { RequestState } from "../../src/runtime/RequestState.ts";
+import { Speculation } from "../../src/runtime/Speculation.ts";
+import { drain, scriptedRuntime } from "../helpers/scripted.ts";
+
+/** Prompt lookup by brute force: the longest suffix n-gram's most recent earlier occurrence, continued. */
+function lookup(tokens: readonly number[], min: number, max: number, k: number): number[] {
+  const last = tokens.length - 1;
+  for (let n = Math.min(max, last); n >= min; n--) {
+    for (let end = last - 1; end >= n - 1; end--) {
+      let same = true;
+      for (let i = 0; i < n && same; i++) same = tokens[end - i] === tokens[last - i];
+      if (!same) continue;
+      const out: number[] = [];
+      for (let i = 0; i < k; i++) out.push(end + 1 + i <= last ? tokens[end + 1 + i]! : out[end + i - last]!);
+      return out;
+    }
+  }
+  return [];
+}
+
+describe("PromptLookup", () => {
+  test("drafts what followed the longest, most recent earlier match of the suffix (brute force agrees)", () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.integer({ min: 0, max: 4 }), { minLength: 1, maxLength: 30 }),
+        fc.array(fc.integer({ min: 0, max: 4 }), { maxLength: 40 }),
+        fc.integer({ min: 1, max: 4 }),
+        fc.integer({ min: 0, max: 3 }),
+        fc.integer({ min: 1, max: 8 }),
+        (prompt, output, ngramMax, less, k) => {
+          const ngramMin = Math.max(1, ngramMax - less);
+          const drafter = new PromptLookup({ ngramMax, ngramMin }).start(prompt);
+          const seen = [...prompt];
+          assert.deepEqual(drafter.draft(k), lookup(seen, ngramMin, ngramMax, k));
+          for (const token of output) {
+            drafter.push(token);
+            seen.push(token);
+            // Not every step asks: the index must catch up on every token pushed in between.
+            if (token % 2 === 0) assert.deepEqual([...drafter.draft(k)], lookup(seen, ngramMin, ngramMax, k));
+          }
+          assert.deepEqual([...drafter.draft(k)], lookup(seen, ngramMin, ngramMax, k));
+        },
+      ),
+      { numRuns: 500 },
+    );
+  });
+
+  test("a prompt being quoted back is drafted from where the quote is; a loop continues itself", () => {
+    const passage = [5, 6, 7, 8, 9, 10, 11, 12];
+    const drafter = new PromptLookup().start([1, 2, ...passage, 3]);
+    drafter.push(5);
+    drafter.push(6);
+    assert.deepEqual(drafter.draft(4), [7, 8, 9, 10]);
+    const loop = new PromptLookup().start([1, 2, 3, 1, 2]);
+    assert.deepEqual(loop.draft(7), [3, 1, 2, 3, 1, 2, 3]);
+    assert.deepEqual(new PromptLookup().start([1, 2, 3, 4]).draft(4), []);
+  });
+});
+
+describe("draft length", () => {
+  test("grows to draftMax while drafts are accepted, falls to none when they are not, comes back", () => {
+    const length = new DraftLength(6);
+    for (let i = 0; i < 30; i++) length.observe(length.current(0.3), length.current(0.3));
+    assert.equal(length.current(0.3), 6);
+    // A costlier draft token asks for more confidence: shorter drafts at the same rate.
+    length.rate = 0.8;
+    assert.ok(length.current(0.6) < length.current(0.2));
+    for (let i = 0; i < 30; i++) length.observe(Math.max(1, length.current(0.3)), 0);
+    assert.equal(length.current(0.3), 0);
+    // At 0, free one-token guesses that turn out right bring drafting back.
+    for (let i = 0; i < 30 && length.current(0.3) === 0; i++) length.observe(1, 1);
+    assert.ok(length.current(0.3) > 0);
+  });
+
+  test("at length 0 the drafter's guess is checked against the next token, and nothing is sent", () => {
+    let guesses = 0;
+    const drafter: RequestDrafter = {
+      push() {},
+      draft: () => {
+        guesses++;
+        return [9];
+      },
+    };
+    const speculation = new Speculation(drafter, 4);
+    speculation.length.rate = 0;
+    assert.deepEqual(speculation.propose(4, 0.3), []);
+    assert.equal(guesses, 1);
+    for (let i = 0; i < 40 && speculation.draft.length === 0; i++) {
+      speculation.verified(0, 9);
+      speculation.propose(4, 0.3);
+    }
+    assert.ok(speculation.draft.length > 0);
+    assert.equal(speculation.drafted, speculation.draft.length);
+  });
+
+  test("the cost of a draft token is learned from steps: the threshold is its share of a decode", () => {
+    const cost = new DraftCost();
+    assert.equal(cost.threshold, 0.3);
+    for (let i = 0; i < 200; i++) {
+      cost.observe(4, 2, 0, 0); // 2 ms per decode
+      cost.observe(4 + 0.5 * 6, 2, 6, 0); // 0.5 ms per draft token
+      cost.observe(100, 2, 6, 40); // a prompt chunk: ignored
+    }
+    assert.ok(Math.abs(cost.threshold - 0.25) < 0.01, String(cost.threshold));
+  });
+});
+
+describe("planning drafts", () => {
+  test("drafts count in the step budget and never pass maxTokens; decodes always get their token", () => {
+    fc.assert(
+      fc.property(
+        fc.array(
+          fc.record({
+            phase: fc.constantFrom("decode", "prefill"),
+            speculative: fc.boolean(),
+            generated: fc.integer({ min: 1, max: 20 }),
+            room: fc.integer({ min: 1, max: 10 }),
+            prompt: fc.integer({ min: 1, max: 40 }),
+          }),
+          { minLength: 1, maxLength: 6 },
+        ),
+        fc.integer({ min: 7, max: 40 }),
+        (requests, maxStepTokens) => {
+          const running = requests.map((r, slot) => {
+            const speculation = r.speculative
+              ? new Speculation({ push() {}, draft: (max) => Array.from({ length: max }, () => 1) }, 8)
+              : undefined;
+            if (speculation) speculation.length.rate = 1;
+            return {
+              phase: r.phase,
+              slot,
+              lastToken: 3,
+              generated: r.generated,
+              prefilled: 0,
+              speculation,
+              request: {
+                maxTokens: r.generated + r.room,
+                sampler: {},
+                promptTokens: Array.from({ length: r.prompt }, () => 2),
+              },
+            } as unknown as RequestState;
+          });
+          const planned = planStep(running, {
+            prefillChunk: 8,
+            prefillBudget: 16,
+            maxStepTokens,
+            draftThreshold: 0.3,
+          });
+          let total = 0;
+          for (const { state, item } of planned) {
+            total += item.tokens.length + (item.draft?.length ?? 0);
+            if (item.draft !== undefined) {
+              assert.ok(state.speculation !== undefined);
+              assert.ok(item.draft.length <= state.request.maxTokens - state.generated - 1);
+            } else assert.ok(state.speculation === undefined || item.sample === undefined);
+          }
+          assert.ok(total <= maxStepTokens, `${total} > ${maxStepTokens}`);
+          const decoding = running.filter((s) => s.phase === "decode");
+          assert.equal(planned.filter((p) => p.state.phase === "decode").length, decoding.length);
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+});
+
+describe("options", () => {
+  function refusal(fn: () => unknown): SluiceError {
+    try {
+      fn();
+    } catch (error) {
+      assert.ok(error instanceof SluiceError, String(error));
+      return error;
+    }
+    assert.fail("accepted");
+  }
+
+  test("a drafter and draftMax are checked; per request speculative is checked and can be refused", async () => {
+    for (const options of [{ drafter: "ngram" }, { drafter: {} }, { draftMax: 0 }, { draftMax: 65 }]) {
+      await assert.rejects(
+        () => scriptedRuntime({}, options as never),
+        (e) => e instanceof SluiceError && e.code === "invalid_option",
+      );
+    }
+    const { runtime: off } = await scriptedRuntime({ slots: 1 });
+    const noDrafter = refusal(() => off.generate({ prompt: "ab", speculative: true }));
+    assert.equal(noDrafter.param, "speculative");
+    await off.close();
+    const { runtime, engine } = await scriptedRuntime({ slots: 1 }, { drafter: "prompt-lookup" });
+    assert.equal(
+      refusal(() => runtime.generate({ prompt: "ab", speculative: "yes" as never })).param,
+      "speculative",
+    );
+    const refused = refusal(() => runtime.generate({ prompt: "ab", speculative: true, logprobs: 2 }));
+    assert.equal(refused.param, "speculative");
+    assert.match(refused.message, /logprobs/);
+    // By default a request the verifier cannot serve decodes plainly: its items carry no draft.
+    const text = "abcabcabcabcabcabc";
+    await drain(runtime.generate({ prompt: text, logprobs: 1, maxTokens: 12 }));
+    assert.ok(engine.steps.every((s) => s.items.every((i) => i.draft === undefined)));
+    await drain(runtime.generate({ prompt: text, maxTokens: 12, speculative: false }));
+    assert.ok(engine.steps.every((s) => s.items.every((i) => i.draft === undefined)));
+    const result = await runtime.generate({ prompt: text, maxTokens: 12 }).result;
+    assert.equal(result.text, text.slice(0, 12));
+    assert.ok(engine.steps.some((s) => s.items.some((i) => (i.draft?.length ?? 0) > 0)));
+    assert.ok(runtime.stats.draftTokens > 0 && runtime.stats.draftTokensAccepted > 0);
+    assert.equal(
+      runtime.stats.draftAcceptanceRate,
+      runtime.stats.draftTokensAccepted / runtime.stats.draftTokens,
+    );
+    await runtime.close();
+  });
+
+  test("an engine that does not verify drafts never gets one; asking for speculation there is refused", async () => {
+    const { runtime, engine } = await scriptedRuntime(
+      { slots: 1, speculative: false },
+      { drafter: "prompt-lookup" },
+    );
+    assert.equal(refusal(() => runtime.generate({ prompt: "ab", speculative: true })).param, "speculative");
+    await drain(runtime.generate({ prompt: "abcabcabcabc", maxTokens: 10 }));
+    assert.ok(engine.steps.every((s) => s.items.every((i) => i.draft === undefined)));
+    await runtime.close();
+  });
+});
