@@ -110,7 +110,7 @@ function toolCallFormat(template: ChatTemplate): ToolCallFormat | undefined {
 function noTools(): never {
   throw new SluiceError(
     "invalid_request",
-    "This model's chat template does not render tools, so the model cannot be offered any: remove tools (or serve the model with a chatTemplate that renders them with Hermes <tool_call> tags).",
+    "This model's chat template has no tool support (it does not render tools, or not with Hermes <tool_call> tags), so the model cannot be offered any: remove tools, or serve the model with a chatTemplate that renders them.",
     { param: "tools" },
   );
 }

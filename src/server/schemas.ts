@@ -175,35 +175,135 @@ export const toolSchema = z.strictObject({
   }),
 });
 
+const TOOL_CHOICE_ERROR =
+  'must be "none", "auto", "required" or {"type": "function", "function": {"name": "…"}}';
+
+/**
+ * OpenAI's `tool_choice`: `none` (the tools are shown to the model, no call is parsed), `auto` (the default
+ * with tools), `required`, or one named function.
+ */
+const toolChoice = z.union(
+  [
+    z.enum(["none", "auto", "required"], { error: TOOL_CHOICE_ERROR }),
+    z.strictObject({ type: z.literal("function"), function: z.strictObject({ name: z.string().min(1) }) }),
+  ],
+  { error: TOOL_CHOICE_ERROR },
+);
+
+/** OpenAI's deprecated function-calling fields: refused, naming the field that replaced each. */
+function legacy(name: string, replacement: string, how: string) {
+  return z
+    .unknown()
+    .refine((value) => value === undefined || value === null, {
+      error: `${name} is OpenAI's deprecated form of ${replacement}: send ${replacement} instead (${how})`,
+    })
+    .optional();
+}
+
+/** The fields that decide the chat prompt: the chat route's and /apply-template's. */
+const chatPromptFields = {
+  messages: z.array(message).min(1, { error: "must hold at least one message" }),
+  tools: z.array(toolSchema).nullish(),
+  continue_final_message: z.boolean().nullish(),
+  add_generation_prompt: z.boolean().nullish(),
+};
+
+function chatPromptRefine(
+  body: {
+    tools?: readonly Tool[] | null | undefined;
+    continue_final_message?: boolean | null | undefined;
+    add_generation_prompt?: boolean | null | undefined;
+  },
+  context: z.core.$RefinementCtx,
+): void {
+  if (body.continue_final_message === true && body.add_generation_prompt === true) {
+    context.addIssue({
+      code: "custom",
+      path: ["add_generation_prompt"],
+      message:
+        "cannot be true with continue_final_message: the final message is continued, no new turn is opened",
+    });
+  }
+  const seen = new Set<string>();
+  body.tools?.forEach((tool, i) => {
+    const name = tool.function.name;
+    if (seen.has(name)) {
+      context.addIssue({
+        code: "custom",
+        path: ["tools", i, "function", "name"],
+        message: `${name} is offered twice: give each function once`,
+      });
+    }
+    seen.add(name);
+  });
+}
+
+/**
+ * `tool_choice` "required" or a named function needs tools, and a named function must be one of them. Calls
+ * are held to their functions by a grammar, so another output constraint (`response_format`, `grammar`)
+ * cannot apply too unless `tool_choice` is none.
+ */
+function toolChoiceRefine(
+  body: {
+    tools?: readonly Tool[] | null | undefined;
+    tool_choice?: ToolChoiceBody | null | undefined;
+    grammar?: string | null | undefined;
+    response_format?: ResponseFormat | null | undefined;
+  },
+  context: z.core.$RefinementCtx,
+): void {
+  const tools = body.tools?.length ?? 0;
+  const choice = body.tool_choice;
+  if (tools === 0 && choice != null && choice !== "none" && choice !== "auto") {
+    context.addIssue({
+      code: "custom",
+      path: ["tool_choice"],
+      message: `${typeof choice === "string" ? `"${choice}"` : "a named function"} needs tools: offer the functions in tools, or drop tool_choice`,
+    });
+  }
+  if (tools > 0 && typeof choice === "object" && choice !== null) {
+    const names = body.tools!.map((tool) => tool.function.name);
+    if (!names.includes(choice.function.name)) {
+      context.addIssue({
+        code: "custom",
+        path: ["tool_choice", "function", "name"],
+        message: `names the function ${JSON.stringify(choice.function.name)}, which is not in tools (${names.join(", ")}): name one of them`,
+      });
+    }
+  }
+  const constrained =
+    body.grammar != null || (body.response_format != null && body.response_format.type !== "text");
+  if (tools > 0 && choice !== "none" && constrained) {
+    context.addIssue({
+      code: "custom",
+      path: [body.grammar != null ? "grammar" : "response_format"],
+      message:
+        'cannot be combined with tools: tool calls are held to their functions by a grammar of their own; drop it, or send tool_choice "none"',
+    });
+  }
+}
+
 export const chatRequestSchema = z
   .strictObject({
     ...sampling,
-    messages: z.array(message).min(1, { error: "must hold at least one message" }),
     max_completion_tokens: z.int().min(1).nullish(),
     logprobs: z.boolean().nullish(),
     top_logprobs: z.int().min(0).max(MAX_TOP_LOGPROBS).nullish(),
-    continue_final_message: z.boolean().nullish(),
-    add_generation_prompt: z.boolean().nullish(),
-    tools: unsupported("tools", "no tool calling", (v) => Array.isArray(v) && v.length === 0),
-    tool_choice: unsupported("tool_choice", "no tool calling", (v) => v === "none"),
-    parallel_tool_calls: unsupported("parallel_tool_calls", "no tool calling"),
-    functions: unsupported("functions", "no function calling", (v) => Array.isArray(v) && v.length === 0),
+    ...chatPromptFields,
+    tool_choice: toolChoice.nullish(),
+    parallel_tool_calls: z.boolean().nullish(),
+    functions: legacy("functions", "tools", 'each function as {"type": "function", "function": {…}}'),
+    function_call: legacy("function_call", "tool_choice", '"auto", "none", "required" or a named function'),
   })
   .superRefine((body, context) => {
     oneConstraint(body, context);
+    chatPromptRefine(body, context);
+    toolChoiceRefine(body, context);
     if (body.top_logprobs != null && body.logprobs !== true) {
       context.addIssue({
         code: "custom",
         path: ["top_logprobs"],
         message: "needs logprobs: true (alternatives are reported with each token's own log-probability)",
-      });
-    }
-    if (body.continue_final_message === true && body.add_generation_prompt === true) {
-      context.addIssue({
-        code: "custom",
-        path: ["add_generation_prompt"],
-        message:
-          "cannot be true with continue_final_message: the final message is continued, no new turn is opened",
       });
     }
   });
@@ -241,11 +341,14 @@ export const detokenizeRequestSchema = z.strictObject({
 });
 
 /** POST /apply-template: the messages of a chat completion request. */
-export const applyTemplateRequestSchema = z.strictObject({
-  messages: z.array(message).min(1, { error: "must hold at least one message" }),
-});
+export const applyTemplateRequestSchema = z
+  .strictObject(chatPromptFields)
+  .superRefine((body, context) => chatPromptRefine(body, context));
 
 export type CompletionRequestBody = z.infer<typeof completionRequestSchema>;
 export type ChatRequestBody = z.infer<typeof chatRequestSchema>;
 export type ChatMessage = ChatRequestBody["messages"][number];
 export type ResponseFormat = z.infer<typeof responseFormat>;
+export type ApplyTemplateRequestBody = z.infer<typeof applyTemplateRequestSchema>;
+export type Tool = z.infer<typeof toolSchema>;
+export type ToolChoiceBody = z.infer<typeof toolChoice>;

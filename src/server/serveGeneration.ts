@@ -4,11 +4,13 @@ import type { GenerationRequest, GenerationResult, TokenLogprob } from "../types
 import type { AccessRecord } from "./accessLog.ts";
 import type { Caller } from "./auth.ts";
 import { sendJson } from "./httpErrors.ts";
-import type { Choice, ResponseShape, SluiceExtension } from "./openaiShapes.ts";
+import type { Choice, ResponseShape, SluiceExtension, WireFinishReason } from "./openaiShapes.ts";
 import type { RouteContext } from "./router.ts";
 import type { ServerContext } from "./ServerContext.ts";
 import { SseWriter } from "./sse.ts";
+import { type ToolCallOutput, ToolCallParser, type ToolCallParserOptions } from "./ToolCallParser.ts";
 import { inWireTerms } from "./toGenerationRequest.ts";
+import type { ToolCallDelta } from "./toolCalls.ts";
 
 export interface GenerationPlan {
   /** The response's id: the `X-Request-Id` header, every chunk's `id`, choice 0's runtime request id. */
@@ -27,6 +29,11 @@ export interface GenerationPlan {
   logprobs: boolean;
   /** Runtime field names → the body's, for refusals (see `inWireTerms`). */
   wireNames: Record<string, string>;
+  /**
+   * Chat with tools: each choice's text is read by its own `ToolCallParser`, made with these; its calls go out
+   * as `tool_calls` and a choice with calls that ended by itself finishes with `tool_calls`.
+   */
+  toolCalls?: ToolCallParserOptions;
 }
 
 /** Cancel reasons the server passes to the channel (visible in logs and to observers). */
@@ -36,6 +43,8 @@ export const ServerCancel = {
   shutdown: "server shutting down",
   /** Another choice of the same request was cancelled (a DELETE names the request, not one choice). */
   sibling: "another choice of the request was cancelled",
+  /** `DELETE /v1/requests/:id`. */
+  deleted: "cancelled by DELETE /v1/requests/:id",
 } as const;
 
 /**
@@ -100,7 +109,12 @@ function submit(server: ServerContext, plan: GenerationPlan, owner: Caller["key"
     for (const request of plan.requests) {
       const channel = server.runtime.generate(request);
       channels.push(channel);
-      server.generations.set(request.id, { channel, owner, ended: server.runtime.endRecord(request.id) });
+      server.generations.set(request.id, {
+        channel,
+        owner,
+        ended: server.runtime.endRecord(request.id),
+        cancel: (reason) => cancelChoices(channels, reason),
+      });
     }
   } catch (error) {
     for (const channel of channels) channel.cancel(ServerCancel.disconnected);
@@ -108,6 +122,17 @@ function submit(server: ServerContext, plan: GenerationPlan, owner: Caller["key"
     throw inWireTerms(error, plan.wireNames);
   }
   return channels;
+}
+
+/** Cancels every choice still running; true when there was one. */
+function cancelChoices(channels: readonly StreamChannel[], reason: string): boolean {
+  let running = false;
+  for (const channel of channels) {
+    if (channel.finished) continue;
+    running = true;
+    channel.cancel(reason);
+  }
+  return running;
 }
 
 async function stream(
@@ -163,10 +188,21 @@ async function streamChoice(
   if (plan.echo) sse.data(shape.delta(plan.echo, index));
   // Log-probabilities of tokens whose text has not gone out yet (a partial character, a control token).
   let pending: TokenLogprob[] | undefined;
+  const parser = plan.toolCalls === undefined ? undefined : new ToolCallParser(plan.toolCalls);
+  let calls = 0;
   for await (const chunk of channel) {
     if (!sse.open) continue;
     let sent: boolean;
-    if (plan.logprobs) {
+    if (parser !== undefined) {
+      if (plan.logprobs && chunk.logprobs?.length) (pending ??= []).push(...chunk.logprobs);
+      if (chunk.text.length === 0) continue;
+      const out = parser.push(chunk.text);
+      calls += countCalls(out.calls);
+      // Held back (a possible tag start, a call's head): its tokens' log-probabilities wait with it.
+      if (out.content === "" && out.calls.length === 0) continue;
+      sent = sendParsed(sse, shape, index, out, pending);
+      pending = undefined;
+    } else if (plan.logprobs) {
       if (chunk.text.length === 0) {
         if (chunk.logprobs?.length) (pending ??= []).push(...chunk.logprobs);
         continue;
@@ -185,10 +221,67 @@ async function streamChoice(
   }
   const result = await channel.result;
   if (!sse.open) return result;
+  let finishReason: WireFinishReason | undefined;
+  if (parser !== undefined) {
+    // What the parser held back (a possible tag start, trailing whitespace, a call without its close tag).
+    const out = parser.end();
+    calls += countCalls(out.calls);
+    if (out.content !== "" || out.calls.length > 0) {
+      sendParsed(sse, shape, index, out, pending);
+      pending = undefined;
+    }
+    finishReason = toolCallsFinish(calls, result);
+  }
   const extension = await extensionOf(server, result, access);
   if (!sse.open) return result;
-  sse.data(shape.finish(index, result, extension, pending === undefined ? undefined : { logprobs: pending }));
+  const rest = {
+    ...(pending === undefined ? {} : { logprobs: pending }),
+    ...(finishReason === undefined ? {} : { finishReason }),
+  };
+  sse.data(shape.finish(index, result, extension, Object.keys(rest).length > 0 ? rest : undefined));
   return result;
+}
+
+/** Calls a batch of deltas announces (the first delta of each call carries its id). */
+function countCalls(deltas: readonly ToolCallDelta[]): number {
+  let n = 0;
+  for (const delta of deltas) if (delta.id !== undefined) n++;
+  return n;
+}
+
+/**
+ * A choice's parsed output as OpenAI streams it: its content in one delta, then each tool-call piece in a
+ * delta of its own (a call's first carries its index, id, type and name with `arguments: ""`, the next ones
+ * fragments of its arguments). `logprobs`, when asked for, ride with the first of them. Returns whether the
+ * socket took everything (false: backed up).
+ */
+function sendParsed(
+  sse: SseWriter,
+  shape: ResponseShape,
+  index: number,
+  out: ToolCallOutput,
+  logprobs: readonly TokenLogprob[] | undefined,
+): boolean {
+  let carried = logprobs;
+  let sent = true;
+  if (out.content !== "") {
+    sent = sse.data(
+      shape.deltaOf(index, { content: out.content, ...(carried ? { logprobs: carried } : {}) }),
+    );
+    carried = undefined;
+  }
+  for (const call of out.calls) {
+    sent =
+      sse.data(shape.deltaOf(index, { toolCalls: [call], ...(carried ? { logprobs: carried } : {}) })) &&
+      sent;
+    carried = undefined;
+  }
+  return sent;
+}
+
+/** `tool_calls` for a choice that called functions and ended by itself (end of generation, a stop). */
+function toolCallsFinish(calls: number, result: GenerationResult): WireFinishReason | undefined {
+  return calls > 0 && (result.reason === "eos" || result.reason === "stop") ? "tool_calls" : undefined;
 }
 
 async function respond(
@@ -227,9 +320,31 @@ async function respond(
       result,
       extension: extensions[i]!,
       ...(plan.echo ? { text: plan.echo + result.text } : {}),
+      ...(plan.toolCalls !== undefined ? parsedChoice(result, plan.toolCalls) : {}),
     }),
   );
   sendJson(res, 200, plan.shape.body(choices), headers);
+}
+
+/**
+ * A whole choice read for tool calls: `content` null when the output was all calls (as OpenAI sends it),
+ * `tool_calls` when there were any, and `finish_reason: "tool_calls"` when it then ended by itself.
+ */
+function parsedChoice(
+  result: GenerationResult,
+  options: ToolCallParserOptions,
+): Pick<Choice, "text" | "toolCalls" | "finishReason"> {
+  const parser = new ToolCallParser(options);
+  const content = parser.push(result.text).content;
+  const end = parser.end();
+  const text = content + end.content;
+  if (end.toolCalls.length === 0) return { text };
+  const finishReason = toolCallsFinish(end.toolCalls.length, result);
+  return {
+    text: text === "" ? null : text,
+    toolCalls: end.toolCalls,
+    ...(finishReason !== undefined ? { finishReason } : {}),
+  };
 }
 
 /** For a cancel, waits for the slot to be free so the client learns the measured cancel latency. */

@@ -176,6 +176,39 @@ describe("n > 1 on the real engine: choices, usage, and one cancel for all of th
     await idle(served.url);
   });
 
+  test("DELETE after choice 0 has finished still cancels the choices still running", async () => {
+    // 2 slots, n = 3: choices 0 and 1 run to max_tokens, then choice 2 gets a slot and runs.
+    let deleted: Promise<{ status: number; body: unknown }> | undefined;
+    const stream = post(
+      served.url,
+      "/v1/completions",
+      { prompt: PROMPT, max_tokens: 40, ignore_eos: true, n: 3, stream: true },
+      {
+        onEvent: (event) => {
+          if (deleted || event === "[DONE]" || event.choices[0]?.index !== 0) return;
+          if (event.choices[0].finish_reason === null) return;
+          deleted = fetch(`${served.url}/v1/requests/${event.id}`, { method: "DELETE" }).then(async (r) => ({
+            status: r.status,
+            body: await r.json(),
+          }));
+        },
+      },
+    );
+    await stream.done;
+    const id = String((await stream.head).headers["x-request-id"]);
+    assert.deepEqual(await deleted, { status: 200, body: { id, cancelled: true } });
+    const finishes = finishesByIndex(stream.events);
+    assert.deepEqual(finishes.get(0), ["length"]);
+    assert.deepEqual(finishes.get(2), ["cancelled"], "the choice still running was cancelled");
+    assert.equal(finishes.get(1)?.length, 1);
+    const record = await ends.of(`${id}-2`);
+    assert.equal(record.reason, "cancelled");
+    assert.ok(record.cancel && record.cancel.stepsToFree <= 1, JSON.stringify(record.cancel));
+    await idle(served.url);
+    const again = await fetch(`${served.url}/v1/requests/${id}`, { method: "DELETE" });
+    assert.equal(again.status, 404, "nothing left to stop");
+  });
+
   test("the server deadline cancels every choice", async () => {
     const strict = await serve(runtime, { requestTimeoutMs: 1 });
     try {

@@ -2,12 +2,13 @@ import { randomUUID } from "node:crypto";
 import type { z } from "zod";
 import type { GenerationRequest } from "../../types.ts";
 import { readJsonBody } from "../body.ts";
+import { renderChatRequest, toolCallPlan } from "../chatRequest.ts";
 import { badRequest, fromZodError } from "../httpErrors.ts";
 import { LogprobRenderer } from "../logprobs.ts";
 import { chatShape, completionShape } from "../openaiShapes.ts";
 import type { Handler, RouteContext } from "../router.ts";
 import type { ServerContext } from "../ServerContext.ts";
-import { type ChatRequestBody, chatRequestSchema, completionRequestSchema, MAX_N } from "../schemas.ts";
+import { chatRequestSchema, completionRequestSchema, MAX_N } from "../schemas.ts";
 import { serveGeneration } from "../serveGeneration.ts";
 import { checkModel, samplingOf, wireNames } from "../toGenerationRequest.ts";
 
@@ -63,7 +64,8 @@ export function chatCompletionsRoute(server: ServerContext): Handler {
     const { body, model } = await readRequest(server, context, chatRequestSchema);
     const n = choicesOf(server, body.n);
     const id = `chatcmpl-${randomUUID()}`;
-    const chat = server.chat().format(body.messages, { continueFinal: continueFinal(body) });
+    const { prompt: chat, tools } = renderChatRequest(server, body);
+    const toolCalls = toolCallPlan(server, body, tools);
     const sampling = samplingOf(body);
     const userStops = typeof sampling.stop === "string" ? [sampling.stop] : (sampling.stop ?? []);
     // The caller's stop strings first: the format's own only fill what room is left.
@@ -79,12 +81,14 @@ export function chatCompletionsRoute(server: ServerContext): Handler {
       stopTokenIds,
       ...(maxTokens != null ? { maxTokens } : {}),
       ...(logprobs !== undefined ? { logprobs } : {}),
+      ...(toolCalls?.grammar !== undefined ? { grammar: toolCalls.grammar } : {}),
     };
     await serveGeneration(server, context, {
       id,
       requests: fanOut(request, id, n),
       stream: body.stream === true,
       includeUsage,
+      ...(toolCalls !== undefined ? { toolCalls: toolCalls.parser } : {}),
       shape: chatShape({
         id,
         model,
@@ -94,36 +98,10 @@ export function chatCompletionsRoute(server: ServerContext): Handler {
         ...(logprobs !== undefined ? { logprobs: renderer(server, body.skip_special_tokens ?? true) } : {}),
       }),
       logprobs: logprobs !== undefined,
-      wireNames: wireNames(body),
+      // The grammar is the tool calls' when there is one (the schema refuses a response_format with it).
+      wireNames: { ...wireNames(body), ...(toolCalls?.grammar !== undefined ? { grammar: "tools" } : {}) },
     });
   };
-}
-
-/**
- * Whether the last message is continued rather than answered in a new turn (assistant prefill). By default a
- * trailing assistant message is continued, as llama-server does; vLLM's fields say it explicitly:
- * `continue_final_message: true` continues (the last message must be the assistant's), and
- * `add_generation_prompt: true` (or `continue_final_message: false`) opens a new turn after it.
- */
-function continueFinal(body: ChatRequestBody): boolean {
-  const last = body.messages.at(-1)!;
-  const isAssistant = last.role === "assistant";
-  if (body.continue_final_message === true && !isAssistant) {
-    throw badRequest(
-      "invalid_request",
-      `continue_final_message continues the last message, which must be the assistant's; it is the ${last.role}'s.`,
-      "continue_final_message",
-    );
-  }
-  const continues = body.continue_final_message ?? (isAssistant && body.add_generation_prompt !== true);
-  if (!continues && body.add_generation_prompt === false) {
-    throw badRequest(
-      "invalid_request",
-      "add_generation_prompt: false is supported only with a final assistant message to continue (continue_final_message); remove it to open the assistant's turn.",
-      "add_generation_prompt",
-    );
-  }
-  return continues;
 }
 
 /**

@@ -2,6 +2,7 @@ import { mayControl } from "../auth.ts";
 import { HttpError, sendJson } from "../httpErrors.ts";
 import type { Handler } from "../router.ts";
 import type { ServerContext } from "../ServerContext.ts";
+import { ServerCancel } from "../serveGeneration.ts";
 import { checkModel } from "../toGenerationRequest.ts";
 
 const STARTED = Math.floor(Date.now() / 1000);
@@ -66,7 +67,8 @@ export function metricsRoute(server: ServerContext): Handler {
 }
 
 /**
- * DELETE /v1/requests/:id: an explicit stop. The stream itself ends with `finish_reason: "cancelled"`.
+ * DELETE /v1/requests/:id: an explicit stop of every choice of the response (any choice's id names the whole
+ * response) still running. The stream itself ends with `finish_reason: "cancelled"` for each of them.
  * Only the key that created the request (or the admin) may stop it; to anyone else it does not exist, so
  * the answer tells nothing about other clients' requests.
  */
@@ -76,7 +78,11 @@ export function cancelRoute(server: ServerContext): Handler {
     const generation = server.generations.get(id);
     // The admin may also stop requests submitted to the runtime directly, outside this server.
     const allowed = generation === undefined ? caller.admin : mayControl(caller, generation.owner);
-    if (!allowed || !server.runtime.cancel(id)) {
+    // A response's id (choice 0's) stops every choice of it, even once choice 0 has ended.
+    const cancelled =
+      allowed &&
+      (generation === undefined ? server.runtime.cancel(id) : generation.cancel(ServerCancel.deleted));
+    if (!cancelled) {
       throw new HttpError(
         404,
         "not_found_error",

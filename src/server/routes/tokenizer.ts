@@ -1,5 +1,6 @@
 import type { z } from "zod";
 import { readJsonBody } from "../body.ts";
+import { renderChatRequest } from "../chatRequest.ts";
 import { badRequest, fromZodError, sendJson } from "../httpErrors.ts";
 import type { Handler, RouteContext } from "../router.ts";
 import type { ServerContext } from "../ServerContext.ts";
@@ -41,14 +42,16 @@ export function detokenizeRoute(server: ServerContext): Handler {
 }
 
 /**
- * POST /apply-template `{ messages }` → `{ prompt }`: the chat as the server renders it for
- * /v1/chat/completions (the model's template, else ChatML or plain; see README.md), as text, without the
- * BOS that /v1/completions puts back in front of a text prompt.
+ * POST /apply-template `{ messages, tools?, continue_final_message?, add_generation_prompt? }` → `{ prompt }`:
+ * the chat exactly as /v1/chat/completions renders it from the same fields (the model's template, else ChatML
+ * or plain; tools; a trailing assistant message continued or answered; see README.md), as text, without the
+ * BOS that /v1/completions puts back in front of a text prompt. The same 400s as the chat route for tools the
+ * template cannot render and contradictory continuation fields.
  */
 export function applyTemplateRoute(server: ServerContext): Handler {
   return async (context) => {
     const body = await read(server, context, applyTemplateRequestSchema);
-    const { tokens } = server.chat().format(body.messages);
+    const { tokens } = renderChatRequest(server, body).prompt;
     const bos = server.runtime.engine.info.vocabulary.bos;
     const start = bos !== undefined && tokens[0] === bos ? 1 : 0;
     sendJson(context.res, 200, { prompt: detokenize(server, tokens.slice(start)) });
