@@ -160,8 +160,8 @@ export class LlamaEngine implements Engine {
   readonly #generators: (Generator | undefined)[];
   readonly #lastSampled: (number | undefined)[];
   readonly #sampling: (SlotSampling | undefined)[];
-  /** Each slot's sampler for draft verification, created by its first speculative request. */
-  readonly #verifiers: (InternalSampler | undefined)[];
+  /** Each slot's samplers for draft verification (one per position), created by its speculative requests. */
+  readonly #verifierPool: (InternalSampler[] | undefined)[];
   /** llama.cpp's any-JSON-object grammar (OpenAI's json_object), read once. */
   readonly #jsonGrammar: string;
   /** Compiled grammars by GBNF text, most recently used last (compiling parses the text). */
@@ -184,7 +184,7 @@ export class LlamaEngine implements Engine {
     this.#generators = new Array(info.slots).fill(undefined);
     this.#lastSampled = new Array(info.slots).fill(undefined);
     this.#sampling = new Array(info.slots).fill(undefined);
-    this.#verifiers = new Array(info.slots).fill(undefined);
+    this.#verifierPool = new Array(info.slots).fill(undefined);
     this.#jsonGrammar = readFileSync(
       fileURLToPath(new URL("../llama/grammars/json.gbnf", import.meta.resolve("node-llama-cpp"))),
       "utf8",
@@ -354,16 +354,16 @@ export class LlamaEngine implements Engine {
 
   /**
    * Speculative decoding: the item's tokens and its draft go into the step's batch as one decode, with logits
-   * after the last token and after each draft token. Positions are sampled in order, with the slot's own
-   * sampler, until the target's token differs from the draft: that token (or the one after a fully accepted
-   * draft) is the outcome's, and positions after it are not sampled at all. Rejected draft tokens are erased
-   * from the KV cache before the step resolves.
+   * after the last token and after each draft token. Every position is sampled at once, each with its own
+   * sampler of the slot; the draft is accepted up to the first position where the target's token differs,
+   * and that token (or the one after a fully accepted draft) is the outcome's. Rejected draft tokens are
+   * erased from the KV cache before the step resolves.
    *
-   * node-llama-cpp's `controlledEvaluate` does the same decode but creates a sampler per call and samples
-   * every position; bench/speculative.ts measured that overhead at more than the decode itself on the
-   * bundled model, so this calls the same internal decode it does (`_decodeTokens`, node-llama-cpp 3.22.1).
-   * Requests with drafts decode through here on every step, never through a generator, so that their tokens
-   * do not depend on which steps had drafts (see `positionSeed`).
+   * node-llama-cpp's `controlledEvaluate` does the same decode but creates a sampler per call and samples the
+   * positions one after another (a thread-pool round trip each); on the bundled model that cost more than
+   * the decode itself, so this calls the internal decode it is built on (`_decodeTokens`, node-llama-cpp
+   * 3.22.1). Requests with drafts decode through here on every step, never through a generator, so that
+   * their tokens do not depend on which steps had drafts (see `positionSeed`).
    */
   async #verify(item: StepItem, sample: SamplerConfig, draft: readonly number[]): Promise<StepOutcome> {
     const { slot, tokens } = item;
@@ -383,21 +383,13 @@ export class LlamaEngine implements Engine {
     }
     const sequence = this.#sequences[slot]! as unknown as InternalSequence;
     const context = (this.#context as unknown as { _ctx: InternalContext })._ctx;
-    const sampler = this.#verifier(slot);
+    const samplers = this.#verifiers(slot, draft.length + 1);
     const first = tokens.length - 1;
     const input = tokens.length === 1 && draft.length === 0 ? tokens : [...tokens, ...draft];
     const logits: boolean[] = [];
     for (let i = first; i < input.length; i++) logits[i] = true;
     // Greedy sampling ignores the seed: a fixed one keeps the sampler chain as it is between positions.
-    const config = {
-      temperature: sample.temperature,
-      topK: sample.topK,
-      topP: sample.topP,
-      minP: sample.minP,
-      seed: 0,
-    };
     const position = sequence.nextTokenIndex + first;
-    let rejected = false;
     const results = await sequence._decodeTokens(
       input,
       logits,
@@ -405,21 +397,27 @@ export class LlamaEngine implements Engine {
       sequence._tokenMeter,
       this.#noShift,
       (batchLogitIndex: number, index: number) => {
-        // Positions are sampled one after another: once one differs from the draft, the rest are not needed.
-        if (rejected) return null;
         const j = index - first;
-        config.seed = sample.temperature > 0 ? positionSeed(sample.seed, position + j) : 0;
-        sampler.applyConfig(config);
-        return context.sampleToken(batchLogitIndex, sampler).then((token: number) => {
-          if (j < draft.length && token !== draft[j]) rejected = true;
-          return token;
+        const sampler = samplers[j]!;
+        sampler.applyConfig({
+          temperature: sample.temperature,
+          topK: sample.topK,
+          topP: sample.topP,
+          minP: sample.minP,
+          // Greedy sampling ignores the seed: a fixed one keeps the sampler chain as it is.
+          seed: sample.temperature > 0 ? positionSeed(sample.seed, position + j) : 0,
         });
+        // Wrapped, not returned: node-llama-cpp chains the positions of an item when their mapper returns a
+        // promise (each waits for the one before); each position has its own sampler, so all run at once.
+        return { sampled: context.sampleToken(batchLogitIndex, sampler) };
       },
       sequence._takeIntervalCheckpointIfNeededAfterBatch,
     );
+    // Every position's sampling is awaited: a slot's samplers are reused by its next step.
+    const sampled = await Promise.all(results.slice(first).map((r) => r?.sampled));
     let accepted = 0;
-    while (accepted < draft.length && results[first + accepted] === draft[accepted]) accepted++;
-    const token = results[first + accepted];
+    while (accepted < draft.length && sampled[accepted] === draft[accepted]) accepted++;
+    const token = sampled[accepted];
     if (typeof token !== "number" || token < 0) {
       throw new SluiceError("engine_error", "The engine sampled no token.");
     }
@@ -433,17 +431,23 @@ export class LlamaEngine implements Engine {
     return { ok: true, token, accepted };
   }
 
-  /** The slot's verification sampler (llama.cpp's sampler chain), created once and reconfigured per use. */
-  #verifier(slot: number): InternalSampler {
-    let sampler = this.#verifiers[slot];
-    if (sampler === undefined) {
+  /**
+   * The slot's verification samplers (llama.cpp sampler chains), one per position so that positions sample
+   * in parallel: at least `count`, created as needed and reconfigured per use.
+   */
+  #verifiers(slot: number, count: number): InternalSampler[] {
+    let samplers = this.#verifierPool[slot];
+    if (samplers === undefined) {
+      samplers = [];
+      this.#verifierPool[slot] = samplers;
+    }
+    while (samplers.length < count) {
       const bindings = (
         this.#llama as unknown as { _bindings: { AddonSampler: new (model: unknown) => InternalSampler } }
       )._bindings;
-      sampler = new bindings.AddonSampler((this.#model as unknown as { _model: unknown })._model);
-      this.#verifiers[slot] = sampler;
+      samplers.push(new bindings.AddonSampler((this.#model as unknown as { _model: unknown })._model));
     }
-    return sampler;
+    return samplers;
   }
 
   /** The runtime keeps prompt + maxTokens within the context; a shift would silently drop the prompt. */
@@ -554,8 +558,8 @@ export class LlamaEngine implements Engine {
     this.#sampling[slot] = undefined;
     this.#lastSampled[slot] = undefined;
     // A new request starts with a new sampler: no random state carries over from the last one.
-    this.#verifiers[slot]?.dispose();
-    this.#verifiers[slot] = undefined;
+    for (const sampler of this.#verifierPool[slot] ?? []) sampler.dispose();
+    this.#verifierPool[slot] = undefined;
     // The generator must have exited before the KV cache is touched (erasing under a queued decode corrupts
     // the sequence for every later request). Its last sampled token was never fed: it is not in the cache.
     if (generator) await generator.return();
@@ -580,7 +584,7 @@ export class LlamaEngine implements Engine {
     if (this.#closed) return;
     this.#closed = true;
     await Promise.allSettled(this.#generators.map((g) => g?.return()));
-    for (const sampler of this.#verifiers) sampler?.dispose();
+    for (const sampler of this.#verifierPool.flat()) sampler?.dispose();
     await this.#context.dispose().catch(() => {});
     await this.#model.dispose().catch(() => {});
     await this.#llama.dispose().catch(() => {});
@@ -624,9 +628,9 @@ interface InternalSequence {
     priority: number,
     tokenMeter: unknown,
     contextShift: unknown,
-    mapper: (batchLogitIndex: number, index: number) => Promise<number> | null,
+    mapper: (batchLogitIndex: number, index: number) => { sampled: Promise<number> },
     afterBatch: unknown,
-  ): Promise<(number | null | undefined)[]>;
+  ): Promise<({ sampled: Promise<number> } | undefined)[]>;
 }
 
 interface InternalContext {

@@ -1,42 +1,72 @@
-/** The acceptance chance a draft token needs before its cost is measured. */
-const INITIAL_THRESHOLD = 0.3;
-/** Bounds of the learned threshold: a draft token is never free, and one sure to be accepted always pays. */
-const MIN_THRESHOLD = 0.05;
-const MAX_THRESHOLD = 0.95;
+/** Until measured: a drafting item costs nothing extra and each draft token a third of a decode. */
+const INITIAL = { fixed: 0, perToken: 0.3 };
+/** Weight of one step in the running estimates (about the last 20 steps count). */
+const WEIGHT = 0.05;
 
 /**
- * What a draft token costs, learned from the runtime's own steps, as the acceptance chance it needs to pay
- * for itself (`threshold`): verifying one more draft token adds `perDraft` ms to a step whose decodes cost
- * `perDecode` ms each, and it brings a token only if accepted, so it pays when its acceptance chance is at
- * least `perDraft / perDecode`. On a CPU a small model is compute-bound (a draft token costs about what a
- * decode does: speculation pays only on text that repeats closely); a larger one is memory-bound (a draft
- * token costs a fraction of a decode). Steps that read prompt tokens say nothing here and are skipped.
+ * What verifying drafts costs on this engine, learned from the runtime's own steps, in units of one plain
+ * decode (one sampling item in a step without drafts or prompt tokens): a step's time is modelled as
+ * `decodes + fixed × (items with a draft) + perToken × (draft tokens)` decodes. Both parts matter on a CPU: a
+ * small model is compute-bound (a draft token costs a good share of a decode), and llama.cpp switches from
+ * its one-token kernels to its batch kernels as soon as an item feeds two tokens, a fixed cost that makes a
+ * one-token draft cost more than it can bring (bench/speculative.ts: on the bundled model a one-token
+ * draft about doubles a step, four more tokens add about half a step). Steps that read prompt tokens are
+ * skipped; the two parts are a least-squares fit over recent drafting steps, each step's excess clipped to
+ * four times what the model predicts so that a step slowed by another process does not switch drafting off.
  */
 export class DraftCost {
-  /** Step time per decoding item in steps without draft or prompt tokens, in ms (EWMA). */
+  /** Step time per decoding item in steps without draft or prompt tokens, in ms. */
   perDecode: number | undefined;
-  /** Step time added per draft token, in ms (EWMA). */
-  perDraft: number | undefined;
+  fixed = INITIAL.fixed;
+  perToken = INITIAL.perToken;
+  // Running (weighted) second moments of the fit: m = drafting items, d = draft tokens, y = excess decodes.
+  #mm = 0;
+  #md = 0;
+  #dd = 0;
+  #my = 0;
+  #dy = 0;
 
-  /** The acceptance chance from which a draft token pays, between 0.05 and 0.95. */
-  get threshold(): number {
-    const { perDecode, perDraft } = this;
-    if (perDecode === undefined || perDraft === undefined || perDecode <= 0) return INITIAL_THRESHOLD;
-    return Math.min(MAX_THRESHOLD, Math.max(MIN_THRESHOLD, perDraft / perDecode));
+  /** The time of a step for one item drafting `k` tokens, in plain decodes (1 for k = 0). */
+  costOf(k: number): number {
+    return k === 0 ? 1 : 1 + this.fixed + this.perToken * k;
   }
 
-  /** A finished step: its wall time, its sampling items, its draft tokens and its prompt tokens. */
-  observe(stepMs: number, decodes: number, draftTokens: number, promptTokens: number): void {
+  /** A finished step: its wall time, its sampling items, those with a draft, its draft and prompt tokens. */
+  observe(
+    stepMs: number,
+    decodes: number,
+    drafting: number,
+    draftTokens: number,
+    promptTokens: number,
+  ): void {
     if (promptTokens > 0 || decodes === 0 || !(stepMs >= 0)) return;
     if (draftTokens === 0) {
-      this.perDecode = ewma(this.perDecode, stepMs / decodes);
+      const sample = stepMs / decodes;
+      const estimate = this.perDecode;
+      this.perDecode =
+        estimate === undefined ? sample : estimate + WEIGHT * (Math.min(sample, 4 * estimate) - estimate);
       return;
     }
     if (this.perDecode === undefined) return;
-    this.perDraft = ewma(this.perDraft, Math.max(0, stepMs - this.perDecode * decodes) / draftTokens);
+    const m = drafting;
+    const d = draftTokens;
+    const predicted = this.fixed * m + this.perToken * d;
+    const y = Math.min(Math.max(0, stepMs / this.perDecode - decodes), 4 * predicted + 1);
+    this.#mm += WEIGHT * (m * m - this.#mm);
+    this.#md += WEIGHT * (m * d - this.#md);
+    this.#dd += WEIGHT * (d * d - this.#dd);
+    this.#my += WEIGHT * (m * y - this.#my);
+    this.#dy += WEIGHT * (d * y - this.#dy);
+    const det = this.#mm * this.#dd - this.#md * this.#md;
+    if (det > 1e-6 * this.#mm * this.#dd) {
+      // Both parts identifiable: the draft lengths seen vary enough.
+      this.fixed = Math.max(0, (this.#my * this.#dd - this.#dy * this.#md) / det);
+      this.perToken = Math.max(0.01, (this.#dy * this.#mm - this.#my * this.#md) / det);
+    } else {
+      // Always the same length: keep the split, scale both to the measured total.
+      const scale = this.#dy / this.#dd / Math.max(1e-9, this.fixed * (this.#md / this.#dd) + this.perToken);
+      this.fixed *= scale;
+      this.perToken = Math.max(0.01, this.perToken * scale);
+    }
   }
-}
-
-function ewma(previous: number | undefined, sample: number): number {
-  return previous === undefined ? sample : previous * 0.9 + sample * 0.1;
 }

@@ -61,7 +61,7 @@ export class Runtime {
   /** The drafter of speculative decoding, when on and the engine verifies drafts. */
   readonly #drafter: Drafter | undefined;
   readonly #draftMax: number;
-  /** What a draft token costs on this engine, learned from its steps. */
+  /** What verifying drafts costs on this engine, learned from its steps. */
   readonly #draftCost = new DraftCost();
   /** Per slot, the release counter when it was last given back (least recently used goes first). */
   readonly #lastUsed: number[];
@@ -103,7 +103,7 @@ export class Runtime {
       prefillChunk: fixed,
       prefillBudget: fixed > 0 ? maxStepTokens : 0,
       maxStepTokens,
-      draftThreshold: 0,
+      draftCost: this.#draftCost,
     };
     this.#sizer =
       fixed > 0
@@ -321,7 +321,6 @@ export class Runtime {
           const decoding = running.some((s) => s.phase === "decode");
           this.#budget.prefillChunk = this.#budget.prefillBudget = this.#sizer.chunk(decoding);
         }
-        this.#budget.draftThreshold = this.#draftCost.threshold;
         const planned = planStep(running, this.#budget);
         if (planned.length === 0) {
           if (!this.#pending) await new Promise<void>((resolve) => (this.#wake = resolve));
@@ -343,9 +342,11 @@ export class Runtime {
     // Structurally impossible (finished slots are evicted before planning); counted so a regression shows.
     let promptTokens = 0;
     let decodes = 0;
+    let drafting = 0;
     let draftTokens = 0;
     for (const p of planned) {
       const drafted = p.item.draft?.length ?? 0;
+      if (drafted > 0) drafting++;
       if (p.state.cancelledAt) p.state.tokensAfterCancel += p.item.tokens.length + drafted;
       if (p.state.phase === "prefill") promptTokens += p.item.tokens.length;
       else decodes++;
@@ -366,7 +367,7 @@ export class Runtime {
     this.stats.step(now - started, items);
     this.#sizer?.observe(now - started, promptTokens);
     if (this.#drafter !== undefined)
-      this.#draftCost.observe(now - started, decodes, draftTokens, promptTokens);
+      this.#draftCost.observe(now - started, decodes, drafting, draftTokens, promptTokens);
     for (let i = 0; i < planned.length; i++) {
       const { state, item } = planned[i]!;
       // Cancelled while the step was in flight: its terminal chunk is already out; the result is dropped.

@@ -1,3 +1,4 @@
+import type { DraftCost } from "./DraftCost.ts";
 import { NO_DRAFT, type RequestDrafter } from "./Drafter.ts";
 import { DraftLength } from "./DraftLength.ts";
 
@@ -28,12 +29,12 @@ export class Speculation {
   }
 
   /**
-   * The draft for the next step, at most `room` tokens (what the step budget and maxTokens leave), each
-   * token's acceptance chance at least `threshold` (`DraftCost`).
+   * The draft for the next step, at most `room` tokens (what the step budget and maxTokens leave), as long
+   * as pays for what verifying it costs (`DraftCost`).
    */
-  propose(room: number, threshold: number): readonly number[] {
+  propose(room: number, cost: DraftCost): readonly number[] {
     this.#shadow = -1;
-    const length = this.length.current(threshold);
+    const length = this.length.current(cost);
     if (length === 0 || room <= 0) {
       if (length === 0 && room > 0) this.#shadow = this.#drafter.draft(1)[0] ?? -1;
       this.draft = NO_DRAFT;

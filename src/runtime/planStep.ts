@@ -1,4 +1,5 @@
 import type { StepItem } from "../engine/Engine.ts";
+import type { DraftCost } from "./DraftCost.ts";
 import { NO_DRAFT } from "./Drafter.ts";
 import type { RequestState } from "./RequestState.ts";
 
@@ -9,8 +10,8 @@ export interface StepBudget {
   prefillBudget: number;
   /** Most tokens in one step across all slots. */
   maxStepTokens: number;
-  /** The acceptance chance from which a draft token pays for itself (`DraftCost.threshold`). */
-  draftThreshold: number;
+  /** What verifying drafts costs on the engine, which sets how long drafts are. */
+  draftCost: DraftCost;
 }
 
 export interface PlannedItem {
@@ -41,7 +42,7 @@ export function planStep(running: readonly RequestState[], budget: StepBudget): 
     const speculation = state.speculation;
     if (speculation === undefined) continue;
     const room = Math.min(left, state.request.maxTokens - state.generated - 1);
-    const draft = speculation.propose(room, budget.draftThreshold);
+    const draft = speculation.propose(room, budget.draftCost);
     item.draft = draft;
     left -= draft.length;
   }

@@ -68,17 +68,50 @@ describe("PromptLookup", () => {
 
 describe("draft length", () => {
   test("grows to draftMax while drafts are accepted, falls to none when they are not, comes back", () => {
+    const cost = new DraftCost();
     const length = new DraftLength(6);
-    for (let i = 0; i < 30; i++) length.observe(length.current(0.3), length.current(0.3));
-    assert.equal(length.current(0.3), 6);
-    // A costlier draft token asks for more confidence: shorter drafts at the same rate.
+    for (let i = 0; i < 30; i++) length.observe(length.current(cost), length.current(cost));
+    assert.equal(length.current(cost), 6);
+    // Costlier draft tokens: shorter drafts at the same acceptance; a fixed cost per draft: none at low rates.
     length.rate = 0.8;
-    assert.ok(length.current(0.6) < length.current(0.2));
-    for (let i = 0; i < 30; i++) length.observe(Math.max(1, length.current(0.3)), 0);
-    assert.equal(length.current(0.3), 0);
+    const cheap = length.current(cost);
+    cost.perToken = 0.6;
+    assert.ok(length.current(cost) < cheap);
+    cost.perToken = 0.3;
+    length.rate = 0.4;
+    assert.ok(length.current(cost) > 0);
+    cost.fixed = 1;
+    assert.equal(length.current(cost), 0);
+    cost.fixed = 0;
+    for (let i = 0; i < 30; i++) length.observe(Math.max(1, length.current(cost)), 0);
+    assert.equal(length.current(cost), 0);
     // At 0, free one-token guesses that turn out right bring drafting back.
-    for (let i = 0; i < 30 && length.current(0.3) === 0; i++) length.observe(1, 1);
-    assert.ok(length.current(0.3) > 0);
+    for (let i = 0; i < 30 && length.current(cost) === 0; i++) length.observe(1, 1);
+    assert.ok(length.current(cost) > 0);
+  });
+
+  test("the length maximises expected tokens per unit of step time", () => {
+    fc.assert(
+      fc.property(
+        fc.double({ min: 0, max: 1, noNaN: true }),
+        fc.double({ min: 0, max: 2, noNaN: true }),
+        fc.double({ min: 0.01, max: 2, noNaN: true }),
+        fc.integer({ min: 1, max: 12 }),
+        (rate, fixed, perToken, max) => {
+          const cost = new DraftCost();
+          cost.fixed = fixed;
+          cost.perToken = perToken;
+          const length = new DraftLength(max, rate);
+          const value = (k: number) => {
+            let expected = 0;
+            for (let i = 0; i <= k; i++) expected += rate ** i;
+            return expected / cost.costOf(k);
+          };
+          const chosen = length.current(cost);
+          for (let k = 0; k <= max; k++) assert.ok(value(chosen) >= value(k) - 1e-9, `${chosen} vs ${k}`);
+        },
+      ),
+    );
   });
 
   test("at length 0 the drafter's guess is checked against the next token, and nothing is sent", () => {
@@ -90,27 +123,44 @@ describe("draft length", () => {
         return [9];
       },
     };
+    const cost = new DraftCost();
     const speculation = new Speculation(drafter, 4);
     speculation.length.rate = 0;
-    assert.deepEqual(speculation.propose(4, 0.3), []);
+    assert.deepEqual(speculation.propose(4, cost), []);
     assert.equal(guesses, 1);
     for (let i = 0; i < 40 && speculation.draft.length === 0; i++) {
       speculation.verified(0, 9);
-      speculation.propose(4, 0.3);
+      speculation.propose(4, cost);
     }
     assert.ok(speculation.draft.length > 0);
     assert.equal(speculation.drafted, speculation.draft.length);
   });
 
-  test("the cost of a draft token is learned from steps: the threshold is its share of a decode", () => {
-    const cost = new DraftCost();
-    assert.equal(cost.threshold, 0.3);
-    for (let i = 0; i < 200; i++) {
-      cost.observe(4, 2, 0, 0); // 2 ms per decode
-      cost.observe(4 + 0.5 * 6, 2, 6, 0); // 0.5 ms per draft token
-      cost.observe(100, 2, 6, 40); // a prompt chunk: ignored
-    }
-    assert.ok(Math.abs(cost.threshold - 0.25) < 0.01, String(cost.threshold));
+  test("the cost of drafts is learned from steps: a fixed part per drafting item and a part per token", () => {
+    fc.assert(
+      fc.property(
+        fc.double({ min: 0, max: 1.5, noNaN: true }),
+        fc.double({ min: 0.05, max: 1, noNaN: true }),
+        fc.double({ min: 0.2, max: 50, noNaN: true }),
+        (fixed, perToken, ms) => {
+          const cost = new DraftCost();
+          for (let i = 0; i < 400; i++) {
+            const decodes = 1 + (i % 4);
+            const drafting = 1 + (i % decodes);
+            const tokens = drafting * (1 + (i % 7));
+            cost.observe(ms * decodes, decodes, 0, 0, 0);
+            cost.observe(ms * (decodes + fixed * drafting + perToken * tokens), decodes, drafting, tokens, 0);
+            cost.observe(ms * 100, decodes, drafting, tokens, 64); // reads a prompt: ignored
+          }
+          assert.ok(Math.abs(cost.fixed - fixed) < 0.02, `fixed ${cost.fixed} vs ${fixed}`);
+          assert.ok(Math.abs(cost.perToken - perToken) < 0.02, `perToken ${cost.perToken} vs ${perToken}`);
+          // A step slowed down by something else moves the estimates a little, not to "never draft".
+          cost.observe(ms * 1000, 1, 1, 4, 0);
+          assert.ok(cost.costOf(4) < 4 * (1 + fixed + 4 * perToken) + 2);
+        },
+      ),
+      { numRuns: 50 },
+    );
   });
 });
 
@@ -153,7 +203,7 @@ describe("planning drafts", () => {
             prefillChunk: 8,
             prefillBudget: 16,
             maxStepTokens,
-            draftThreshold: 0.3,
+            draftCost: new DraftCost(),
           });
           let total = 0;
           for (const { state, item } of planned) {
