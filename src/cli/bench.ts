@@ -68,6 +68,13 @@ const BENCHMARKS: readonly Benchmark[] = [
     engineFlags: true,
   },
   {
+    name: "speculative",
+    summary:
+      "decode tokens/s with prompt-lookup speculation vs plain decoding and llama-server's n-gram mode, 1-8 streams",
+    quick: ["--quick"],
+    engineFlags: true,
+  },
+  {
     name: "engineBuild",
     summary: "node-llama-cpp's prebuilt CPU binary vs a build for this machine (npm run build:engine)",
     quick: ["--quick"],

@@ -38,6 +38,11 @@ Options:
 ${gpuHelp(26)}  --max-queue <n>         most requests waiting for a slot; beyond it 429 (default 256)
   --no-prompt-cache       start every request on an emptied slot (default: a slot keeps its KV cache and a
                           request sharing its prompt prefix reads only the rest; per request: cache_prompt)
+  --drafter <name>        speculative decoding: prompt-lookup (n-gram matches in the prompt and output,
+                          verified several tokens per step; greedy output unchanged) or off (default off;
+                          per request: speculative)
+  --draft-max <n>         most draft tokens per request per step, 1-64 (llama.cpp's --spec-draft-n-max)
+                          (default 8; each request's draft length adapts below it)
   --api-key <key>         require "Authorization: Bearer <key>" (or "x-api-key: <key>"); repeat for one key
                           per client (a request belongs to its key) (default: env SLUICE_API_KEY, several
                           separated by commas, else none)
@@ -156,6 +161,8 @@ export async function serveCommand(argv: string[]): Promise<number> {
       "solo-prefill-step-ms": { type: "string" },
       ...GPU_FLAGS,
       "no-prompt-cache": { type: "boolean" },
+      drafter: { type: "string" },
+      "draft-max": { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -214,6 +221,8 @@ export async function serveCommand(argv: string[]): Promise<number> {
     soloPrefillStepMs: integer(values["solo-prefill-step-ms"], "--solo-prefill-step-ms", 1),
     maxQueue: integer(values["max-queue"], "--max-queue", 0),
     promptCache: values["no-prompt-cache"] === true ? false : undefined,
+    drafter: values.drafter as "prompt-lookup" | "off" | undefined,
+    draftMax: integer(values["draft-max"], "--draft-max", 1),
     ...gpuOptions(values),
   });
 

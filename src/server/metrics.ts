@@ -114,6 +114,21 @@ export class ServerMetrics {
     );
     counter("sluice_engine_steps_total", "Batched engine steps run.", (s) => s.steps);
     counter(
+      "sluice_draft_tokens_total",
+      "Speculative decoding: draft tokens sent to the engine for verification.",
+      (s) => s.draftTokens,
+    );
+    counter(
+      "sluice_draft_tokens_accepted_total",
+      "Speculative decoding: draft tokens the target accepted (it sampled the same token there).",
+      (s) => s.draftTokensAccepted,
+    );
+    gauge(
+      "sluice_draft_acceptance_ratio",
+      "Accepted over drafted tokens since start (0 before any draft).",
+      ({ stats: s }) => s.draftAcceptanceRate,
+    );
+    counter(
       "sluice_tokens_after_cancel_total",
       "Tokens computed for requests in steps started after they were cancelled (0 by design).",
       (s) => s.tokensAfterCancel,

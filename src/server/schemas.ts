@@ -4,8 +4,8 @@ import { z } from "zod";
  * Request bodies of the OpenAI-compatible routes. Objects are strict: a field Sluice does not implement is
  * refused with a message naming it, never silently ignored. Extensions beyond OpenAI: vLLM's top_k, min_p,
  * skip_special_tokens, stream_interval, ignore_eos, stop_token_ids, min_tokens, continue_final_message and
- * add_generation_prompt; llama-server's cache_prompt, repeat_penalty, repeat_last_n and grammar. See the
- * field table in README.md.
+ * add_generation_prompt; llama-server's cache_prompt, repeat_penalty, repeat_last_n and grammar; Sluice's
+ * speculative (speculative decoding on or off for the request). See the field table in README.md.
  */
 
 /** A field OpenAI defines that Sluice does not implement: accepted only at its "off" value. */
@@ -90,6 +90,7 @@ const sampling = {
   stream_interval: z.int().min(1).nullish(),
   ignore_eos: z.boolean().nullish(),
   cache_prompt: z.boolean().nullish(),
+  speculative: z.boolean().nullish(),
 };
 
 const tokenIds = z.array(z.int()).min(1);

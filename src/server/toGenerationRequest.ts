@@ -35,6 +35,7 @@ export function samplingOf(body: Body): Omit<GenerationRequest, "prompt"> {
   if (body.skip_special_tokens != null) request.skipSpecialTokens = body.skip_special_tokens;
   if (body.ignore_eos != null) request.ignoreEos = body.ignore_eos;
   if (body.cache_prompt != null) request.cachePrompt = body.cache_prompt;
+  if (body.speculative != null) request.speculative = body.speculative;
   return request;
 }
 

@@ -1,0 +1,279 @@
+/**
+ * Speculative decoding with prompt lookup: decode tokens/s with and without it, and against llama-server's
+ * n-gram speculation on the same prompts. Four sides, alternated round by round (the order rotates):
+ * - Sluice plain and Sluice speculative: one in-process Runtime (`drafter: "prompt-lookup"`, draftMax 8),
+ *   requests with `speculative: false` and with the default;
+ * - llama-server plain and llama-server n-gram (`--spec-type ngram-simple`, lookup n-gram 3 and draft 8 to
+ *   match prompt lookup's sizes; its defaults are 12 and 48), native `POST /completion`, non-streaming.
+ * Same model, threads, slots and token-id prompts; greedy; every side reads every prompt (no prompt cache).
+ *
+ * Two prompt sets: `repeat` (a KJV passage, then its heading again: the model quotes what it was given)
+ * and `fresh` (short openings: nothing to look up). 1, 4 and 8 concurrent streams.
+ *
+ * Figures are decode throughput: the sum over streams of (tokens - 1) / decode time (first token to last;
+ * llama-server's own `predicted_per_second`), so prompt reading is left out on both sides, and tokens per
+ * target step = tokens / (tokens - accepted draft tokens). Ratios are medians of per-round ratios from this
+ * one run; absolute tok/s are for orientation only (the machine is shared: its load average is printed).
+ *
+ *   node --import tsx bench/speculative.ts [--quick] [--model bundled,edge] [--threads N]
+ */
+import { request } from "node:http";
+import { loadavg } from "node:os";
+import { Runtime } from "../src/runtime/Runtime.ts";
+import { KJV, SHORT_PROMPTS } from "./corpus.ts";
+import {
+  benchArgs,
+  describeMachine,
+  machine,
+  median,
+  pairedRatio,
+  printTable,
+  type Row,
+  writeResults,
+} from "./harness.ts";
+import { findLlamaBinaries, type LlamaServer, startLlamaServer } from "./llamaServer.ts";
+import { type BenchModel, type BenchModelName, benchModel, loadModel } from "./models.ts";
+
+const LEVELS = [1, 4, 8];
+const SLOTS = 8;
+const DRAFT_MAX = 8;
+const NGRAM = 3;
+type Workload = "repeat" | "fresh";
+type Side = "sluice" | "sluice-spec" | "llama" | "llama-ngram";
+const SIDES: readonly Side[] = ["sluice", "sluice-spec", "llama", "llama-ngram"];
+
+interface Run {
+  /** Decode tokens/s, summed over the streams. */
+  tokensPerSecond: number;
+  /** Generated tokens per target decode step, mean over streams. */
+  tokensPerStep: number;
+  tokens: number;
+}
+
+interface Config {
+  model: BenchModelName;
+  workload: Workload;
+  streams: number;
+  runs: Record<Side, Run[]>;
+}
+
+function plan(name: BenchModelName, quick: boolean) {
+  if (name === "edge") return { tokens: quick ? 24 : 48, rounds: quick ? 1 : 3, contextPerSlot: 1024 };
+  // llama-server caps a slot at the bundled model's training context, 512: Sluice gets the same.
+  return { tokens: quick ? 64 : 128, rounds: quick ? 2 : 5, contextPerSlot: 512 };
+}
+
+/** Token-id prompts (BOS included) for stream `i`. */
+function promptsFor(tokenize: (text: string) => number[], bos: number | undefined) {
+  const head = (ids: number[]) => (bos === undefined ? ids : [bos, ...ids]);
+  // The first verses of Genesis 1, then the chapter heading again: the model goes on to quote them.
+  const passage = KJV.split("\n").slice(0, 9).join("\n");
+  return {
+    repeat: (i: number) =>
+      head(tokenize(`${passage}\n\n${i % 2 === 0 ? "Genesis 1\n1 In" : "Genesis 1\n1 In the"}`)),
+    fresh: (i: number) => head(tokenize(SHORT_PROMPTS[i % SHORT_PROMPTS.length]!)),
+  };
+}
+
+function post(url: string, path: string, body: unknown): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      `${url}${path}`,
+      { method: "POST", headers: { "content-type": "application/json" } },
+      (res) => {
+        const parts: Buffer[] = [];
+        res.on("data", (part: Buffer) => parts.push(part));
+        res.on("end", () => {
+          try {
+            resolve(JSON.parse(Buffer.concat(parts).toString("utf8")) as Record<string, unknown>);
+          } catch (error) {
+            reject(error);
+          }
+        });
+      },
+    );
+    req.on("error", reject);
+    req.end(JSON.stringify(body));
+  });
+}
+
+async function runLlama(server: LlamaServer, prompts: number[][], tokens: number): Promise<Run> {
+  const results = await Promise.all(
+    prompts.map((prompt) =>
+      post(server.url, "/completion", {
+        prompt,
+        n_predict: tokens,
+        temperature: 0,
+        ignore_eos: true,
+        cache_prompt: false,
+      }),
+    ),
+  );
+  let tokensPerSecond = 0;
+  let total = 0;
+  const perStep: number[] = [];
+  for (const result of results) {
+    const t = result.timings as Record<string, number> | undefined;
+    if (t === undefined) throw new Error(`llama-server answered ${JSON.stringify(result).slice(0, 300)}`);
+    const n = t.predicted_n ?? 0;
+    const accepted = t.draft_n_accepted ?? 0;
+    // llama-server's predicted_ms spans the first to the last generated token, as Sluice's decodeMs does.
+    tokensPerSecond += n > 1 ? ((n - 1) * 1000) / t.predicted_ms! : 0;
+    total += n;
+    perStep.push(n / Math.max(1, n - accepted));
+  }
+  return { tokensPerSecond, tokensPerStep: mean(perStep), tokens: total };
+}
+
+async function runSluice(
+  runtime: Runtime,
+  prompts: number[][],
+  tokens: number,
+  speculative: boolean,
+): Promise<Run> {
+  const accepted = runtime.stats.draftTokensAccepted;
+  const results = await Promise.all(
+    prompts.map(
+      (prompt) =>
+        runtime.generate({ prompt, maxTokens: tokens, ignoreEos: true, cachePrompt: false, speculative })
+          .result,
+    ),
+  );
+  let tokensPerSecond = 0;
+  let total = 0;
+  for (const result of results) {
+    tokensPerSecond += result.timings.tokensPerSecond;
+    total += result.usage.completionTokens;
+  }
+  // Accepted draft tokens of these streams (they ran alone), spread over them.
+  const acceptedHere = runtime.stats.draftTokensAccepted - accepted;
+  return { tokensPerSecond, tokensPerStep: total / Math.max(1, total - acceptedHere), tokens: total };
+}
+
+function mean(values: readonly number[]): number {
+  return values.reduce((a, b) => a + b, 0) / Math.max(1, values.length);
+}
+
+async function runModel(
+  spec: BenchModel,
+  quick: boolean,
+): Promise<{ configs: Config[]; llamaArgs: string[] }> {
+  const p = plan(spec.name, quick);
+  const loaded = await loadModel(spec);
+  const tokenize = (text: string) => loaded.tokenize(text) as number[];
+  const make = promptsFor(tokenize, loaded.bos);
+  const count = Math.max(...LEVELS);
+  const prompts = {
+    repeat: Array.from({ length: count }, (_, i) => make.repeat(i)),
+    fresh: Array.from({ length: count }, (_, i) => make.fresh(i)),
+  };
+  await loaded.dispose();
+  const binaries = findLlamaBinaries();
+  const common = {
+    model: spec.path,
+    slots: SLOTS,
+    threads: spec.threads,
+    contextPerSlot: p.contextPerSlot,
+    binaries,
+  };
+  const llama = await startLlamaServer(common);
+  const ngramArgs = [
+    "--spec-type",
+    "ngram-simple",
+    "--spec-ngram-simple-size-n",
+    String(NGRAM),
+    "--spec-ngram-simple-size-m",
+    String(DRAFT_MAX),
+  ];
+  const ngram = await startLlamaServer({ ...common, extraArgs: ngramArgs });
+  const runtime = await Runtime.create({
+    model: spec.path,
+    slots: SLOTS,
+    threads: spec.threads,
+    contextSize: p.contextPerSlot,
+    drafter: "prompt-lookup",
+    draftMax: DRAFT_MAX,
+  });
+  const configs: Config[] = [];
+  try {
+    for (const workload of ["repeat", "fresh"] as const) {
+      for (const streams of LEVELS) {
+        const batch = prompts[workload].slice(0, streams);
+        const config: Config = {
+          model: spec.name,
+          workload,
+          streams,
+          runs: { sluice: [], "sluice-spec": [], llama: [], "llama-ngram": [] },
+        };
+        // One warm-up of each side, then alternated rounds (the order rotates every round).
+        for (let round = -1; round < p.rounds; round++) {
+          for (let k = 0; k < SIDES.length; k++) {
+            const side = SIDES[(k + Math.max(0, round)) % SIDES.length]!;
+            const run =
+              side === "sluice" || side === "sluice-spec"
+                ? await runSluice(runtime, batch, p.tokens, side === "sluice-spec")
+                : await runLlama(side === "llama" ? llama : ngram, batch, p.tokens);
+            if (round >= 0) config.runs[side].push(run);
+          }
+        }
+        configs.push(config);
+        process.stdout.write(`${spec.name} ${workload} x${streams} (load ${loadavg()[0]!.toFixed(1)}) `);
+      }
+    }
+  } finally {
+    await runtime.close();
+    await llama.stop();
+    await ngram.stop();
+  }
+  return { configs, llamaArgs: ngram.args };
+}
+
+const args = benchArgs();
+const host = await machine();
+const names = (args.models ?? ["bundled", "edge"]) as BenchModelName[];
+const started = performance.now();
+console.log(`speculative: ${describeMachine(host)}${args.quick ? " (quick)" : ""}`);
+const configs: Config[] = [];
+const specs: BenchModel[] = [];
+let llamaArgs: string[] = [];
+for (const name of names) {
+  const spec = benchModel(name, args.threads);
+  specs.push(spec);
+  const done = await runModel(spec, args.quick);
+  configs.push(...done.configs);
+  llamaArgs = done.llamaArgs;
+}
+console.log("\n");
+const tps = (runs: Run[]) => median(runs.map((r) => r.tokensPerSecond).sort((a, b) => a - b));
+const perStep = (runs: Run[]) => median(runs.map((r) => r.tokensPerStep).sort((a, b) => a - b));
+const paired = (a: Run[], b: Run[]) => {
+  const r = pairedRatio(
+    a.map((x) => x.tokensPerSecond),
+    b.map((x) => x.tokensPerSecond),
+  );
+  return `${r.median.toFixed(2)}x (${r.min.toFixed(2)}..${r.max.toFixed(2)})`;
+};
+printTable(
+  configs.map(
+    (c): Row => ({
+      model: `${c.model} (${specs.find((s) => s.name === c.model)!.threads}t)`,
+      prompts: c.workload,
+      streams: c.streams,
+      "tok/step S, L": `${perStep(c.runs["sluice-spec"]).toFixed(2)}, ${perStep(c.runs["llama-ngram"]).toFixed(2)}`,
+      "tok/s S plain, spec": `${tps(c.runs.sluice).toFixed(0)}, ${tps(c.runs["sluice-spec"]).toFixed(0)}`,
+      "tok/s L plain, ngram": `${tps(c.runs.llama).toFixed(0)}, ${tps(c.runs["llama-ngram"]).toFixed(0)}`,
+      "S spec/plain": paired(c.runs["sluice-spec"], c.runs.sluice),
+      "L ngram/plain": paired(c.runs["llama-ngram"], c.runs.llama),
+      "S spec/L ngram": paired(c.runs["sluice-spec"], c.runs["llama-ngram"]),
+    }),
+  ),
+);
+const seconds = (performance.now() - started) / 1000;
+console.log(
+  `\nS = Sluice (in process, prompt lookup n 3..1, draftMax ${DRAFT_MAX}, draft length adapted per request); ` +
+    `L = llama-server (${llamaArgs.slice(llamaArgs.indexOf("--spec-type")).join(" ")}). tok/s: decode throughput ` +
+    `summed over streams, median of ${configs[0]?.runs.sluice.length} alternated rounds; ratios: median ` +
+    `(min..max) of per-round ratios. Load average at the end ${loadavg()[0]!.toFixed(1)} on ${host.nproc} cores. ` +
+    `${seconds.toFixed(0)} s in all.`,
+);
+await writeResults("speculative", { machine: host, configs }, undefined, { quick: args.quick });
