@@ -12,7 +12,10 @@
  * the same model when built), and so does the gateway (`sluice serve --upstream URL`), so the client here
  * shares its event loop with neither.
  *
- *   node --import tsx bench/gateway.ts [--quick]
+ * With `--baseline DIR` (a checkout of an earlier commit, with node_modules), a second gateway from that tree
+ * joins the rotation, so a change to the gateway is measured against its predecessor in the same run.
+ *
+ *   node --import tsx bench/gateway.ts [--quick] [--baseline DIR]
  */
 import { createParser } from "eventsource-parser";
 import { BUNDLED_MODEL_PATH } from "../src/engine/modelPath.ts";
@@ -36,11 +39,13 @@ import {
 
 const REPO = new URL("../", import.meta.url).pathname;
 const quick = process.argv.includes("--quick");
+const baselineAt = process.argv.indexOf("--baseline");
+const BASELINE = baselineAt >= 0 ? process.argv[baselineAt + 1] : undefined;
 const ROUNDS = quick ? 3 : 15;
 const STREAM_TOKENS = 256;
 const PROMPT = "Genesis 1\n1 In the beginning";
 
-async function startGateway(upstream: string): Promise<ServerProcess> {
+async function startGateway(upstream: string, root = REPO): Promise<ServerProcess> {
   const port = await freePort();
   return spawnServer({
     command: process.execPath,
@@ -57,7 +62,7 @@ async function startGateway(upstream: string): Promise<ServerProcess> {
       "silent",
     ],
     url: `http://127.0.0.1:${port}`,
-    cwd: REPO,
+    cwd: root,
   });
 }
 
@@ -150,59 +155,77 @@ interface Side {
 
 async function compareOn(name: string, upstream: ServerProcess, busy: () => Promise<boolean>) {
   const gateway = await startGateway(upstream.url);
-  const direct: Side = { oneToken: [], streamMs: [], gaps: [], cancel: [] };
-  const through: Side = { oneToken: [], streamMs: [], gaps: [], cancel: [] };
+  const baseline = BASELINE !== undefined ? await startGateway(upstream.url, BASELINE) : undefined;
+  const side = (): Side => ({ oneToken: [], streamMs: [], gaps: [], cancel: [] });
+  const sides: [string, Side, string][] = [
+    ["direct", side(), upstream.url],
+    ["through gateway", side(), gateway.url],
+    ...(baseline !== undefined ? [["through baseline", side(), baseline.url] as [string, Side, string]] : []),
+  ];
   try {
-    // Warm both paths (connections, JIT, the upstream's cache of the prompt).
-    for (const url of [upstream.url, gateway.url]) {
+    // Warm every path (connections, JIT, the upstream's cache of the prompt).
+    for (const [, , url] of sides) {
       await oneToken(url);
       await stream(url, 16);
     }
     for (let round = 0; round < ROUNDS; round++) {
-      const order: [Side, string][] =
-        round % 2 === 0
-          ? [
-              [direct, upstream.url],
-              [through, gateway.url],
-            ]
-          : [
-              [through, gateway.url],
-              [direct, upstream.url],
-            ];
-      for (const [side, url] of order) {
-        side.oneToken.push(await oneToken(url));
-        const s = await stream(url, STREAM_TOKENS);
-        side.streamMs.push(s.totalMs);
-        side.gaps.push(...s.gaps);
-        side.cancel.push(await cancelToFree(url, busy));
+      // Each round in another order, so no side always runs first or last.
+      const order = sides.map((_, i) => sides[(i + round) % sides.length]!);
+      if (round % 2 === 1) order.reverse();
+      for (const [, s, url] of order) {
+        s.oneToken.push(await oneToken(url));
+        const r = await stream(url, STREAM_TOKENS);
+        s.streamMs.push(r.totalMs);
+        s.gaps.push(...r.gaps);
+        s.cancel.push(await cancelToFree(url, busy));
       }
     }
   } finally {
     await gateway.stop();
+    await baseline?.stop();
   }
   const d = (values: number[]) => distribution(values);
-  const rows = [
-    ["1-token request, ms", d(direct.oneToken).p50, d(through.oneToken).p50],
-    [`${STREAM_TOKENS}-token stream, ms`, d(direct.streamMs).p50, d(through.streamMs).p50],
-    ["gap between deltas p50, ms", d(direct.gaps).p50, d(through.gaps).p50],
-    ["gap between deltas p99, ms", d(direct.gaps).p99, d(through.gaps).p99],
-    ["cancel → upstream slot free, ms", d(direct.cancel).p50, d(through.cancel).p50],
-  ] as const;
+  const [direct, through, before] = sides.map(([, s]) => s) as [Side, Side, Side | undefined];
+  const rows: [string, (s: Side) => number][] = [
+    ["1-token request, ms", (s) => d(s.oneToken).p50],
+    [`${STREAM_TOKENS}-token stream, ms`, (s) => d(s.streamMs).p50],
+    ["gap between deltas p50, ms", (s) => d(s.gaps).p50],
+    ["gap between deltas p99, ms", (s) => d(s.gaps).p99],
+    ["cancel → upstream slot free, ms", (s) => d(s.cancel).p50],
+  ];
   console.log(`## ${name} upstream (${ROUNDS} rounds, medians)`);
   printTable(
-    rows.map(([what, a, b]) => ({
+    rows.map(([what, f]) => ({
       "": what,
-      direct: formatMs(a),
-      "through gateway": formatMs(b),
-      "gateway ÷ direct": ratio(b, a),
-      "added, ms": formatMs(b - a),
+      direct: formatMs(f(direct)),
+      "through gateway": formatMs(f(through)),
+      "gateway ÷ direct": ratio(f(through), f(direct)),
+      "added, ms": formatMs(f(through) - f(direct)),
+      ...(before !== undefined
+        ? {
+            "baseline gateway": formatMs(f(before)),
+            "baseline added, ms": formatMs(f(before) - f(direct)),
+          }
+        : {}),
     })),
   );
   const perToken = (d(through.streamMs).p50 - d(direct.streamMs).p50) / STREAM_TOKENS;
+  const perTokenBefore =
+    before !== undefined ? (d(before.streamMs).p50 - d(direct.streamMs).p50) / STREAM_TOKENS : undefined;
   console.log(
-    `gateway cost per token: ${formatMs(perToken * 1000)} µs (stream time difference / ${STREAM_TOKENS})\n`,
+    `gateway cost per token: ${formatMs(perToken * 1000)} µs (stream time difference / ${STREAM_TOKENS})` +
+      (perTokenBefore !== undefined ? `; baseline ${formatMs(perTokenBefore * 1000)} µs` : "") +
+      "\n",
   );
-  return { name, rounds: ROUNDS, direct, through, perTokenMs: perToken };
+  return {
+    name,
+    rounds: ROUNDS,
+    direct,
+    through,
+    before,
+    perTokenMs: perToken,
+    perTokenMsBefore: perTokenBefore,
+  };
 }
 
 async function main(): Promise<void> {

@@ -23,9 +23,10 @@ Options:
   --port <n>              port (default 8080; 0 picks a free one)
   --model <path>          GGUF model file (default: the bundled kjv-chat model: a chat template with tool
                           calls for /v1/chat/completions; it continues plain KJV text for /v1/completions)
-  --upstream <url>        serve as a gateway over an OpenAI-compatible server (llama-server, vLLM, Sluice)
-                          instead of a local model; repeat for a pool with routing, retries before the
-                          first token, health checks and circuit breaking; not with --model (default: none)
+  --upstream <url>        serve as a gateway over an OpenAI-compatible server (llama-server, vLLM, Sluice);
+                          repeat for a pool with routing, retries before the first token, health checks and
+                          circuit breaking; with --model the local engine is one more member of the pool
+                          (tools, n > 1, logprobs and echo then go to the upstreams) (default: none)
   --routing <policy>      with --upstream: prefix_affinity, least_outstanding or round_robin
                           (default prefix_affinity)
   --slots <n>             concurrent generations (default 4)
@@ -197,17 +198,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
       maxConnections: integer(values["max-connections"], "--max-connections", 1),
     }),
   );
-  if (values.upstream !== undefined) {
-    if (values.model !== undefined) {
-      throw new SluiceError(
-        "invalid_request",
-        "--upstream with --model is not supported yet: run the local model as its own `sluice serve` and list it as an --upstream.",
-      );
-    }
-    const routing = values.routing as RoutingPolicy | undefined;
-    return runGateway({ upstreams: list(values.upstream)!, routing, host, port, server: serverOptions });
-  }
-  if (values.routing !== undefined) {
+  if (values.routing !== undefined && values.upstream === undefined) {
     throw new SluiceError("invalid_request", "--routing chooses among upstreams: give --upstream too.");
   }
   const runtimeOptions = defined({
@@ -225,6 +216,20 @@ export async function serveCommand(argv: string[]): Promise<number> {
     draftMax: integer(values["draft-max"], "--draft-max", 1),
     ...gpuOptions(values),
   });
+
+  if (values.upstream !== undefined) {
+    const routing = values.routing as RoutingPolicy | undefined;
+    const upstreams = list(values.upstream)!;
+    // With --model the local engine is one more member of the pool, loaded before the gateway listens.
+    const local =
+      values.model !== undefined
+        ? await Runtime.create({
+            ...runtimeOptions,
+            onLoadProgress: (p: number) => process.stderr.write(`loading model ${Math.floor(p * 100)}%\n`),
+          })
+        : undefined;
+    return runGateway({ upstreams, routing, host, port, server: serverOptions, ...(local ? { local } : {}) });
+  }
 
   // The server listens before the model is loaded: health checks and clients get 503 "loading" meanwhile.
   const loading = new AbortController();

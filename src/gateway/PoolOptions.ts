@@ -1,6 +1,7 @@
 import { z } from "zod";
 import { SluiceError } from "../errors.ts";
 import { integer, parseOptions, positiveNumber } from "../parseOptions.ts";
+import { Runtime } from "../runtime/Runtime.ts";
 import { ROUTING_POLICIES, type RoutingPolicy } from "./routingPolicy.ts";
 
 /** One upstream: an OpenAI-compatible server (llama-server, vLLM, Sluice). */
@@ -21,6 +22,13 @@ export interface UpstreamConfig {
 export interface UpstreamPoolOptions {
   /** The upstreams: URLs or `{ url, apiKey }`; at least one, each once. */
   upstreams: readonly (string | UpstreamConfig)[];
+  /**
+   * A runtime in this process to serve as one more member of the pool (named `local`), reached without HTTP:
+   * same routing, retries and metrics, its load the runtime's. It serves completions and chats (rendered
+   * with the server's chat formatter); requests with `tools`, `n` > 1, `logprobs` or `echo` go to the
+   * remote upstreams. The runtime stays the caller's to close. Defaults to none.
+   */
+  local?: Runtime;
   /** How an upstream is picked (see `RoutingPolicy`). Defaults to `"prefix_affinity"`. */
   routing?: RoutingPolicy;
   /**
@@ -60,8 +68,9 @@ export interface UpstreamPoolOptions {
   breakerOpenMs?: number;
 }
 
-export interface ResolvedPoolOptions extends Required<Omit<UpstreamPoolOptions, "upstreams">> {
+export interface ResolvedPoolOptions extends Required<Omit<UpstreamPoolOptions, "upstreams" | "local">> {
   upstreams: { url: string; apiKey: string | undefined }[];
+  local: Runtime | undefined;
 }
 
 const MAX_TIMER_MS = 2_147_483_647;
@@ -98,6 +107,7 @@ const schema = z.strictObject(
     upstreams: z
       .array(upstream, { error: "must be an array of upstream URLs" })
       .min(1, { error: "must list at least one upstream" }),
+    local: z.custom<Runtime>((v) => v instanceof Runtime, { error: "must be a Runtime" }).optional(),
     routing: z.enum(ROUTING_POLICIES, { error: `must be one of ${ROUTING_POLICIES.join(", ")}` }).optional(),
     affinityLoadFactor: positiveNumber(1000, "times").optional(),
     prefixBlockChars: integer(1, 1_000_000).optional(),
@@ -144,6 +154,7 @@ export function resolvePoolOptions(options: unknown): ResolvedPoolOptions {
   });
   return {
     upstreams,
+    local: o.local,
     routing: o.routing ?? "prefix_affinity",
     affinityLoadFactor: o.affinityLoadFactor ?? 2,
     prefixBlockChars: o.prefixBlockChars ?? 64,

@@ -1,4 +1,5 @@
 import { CircuitBreaker } from "./CircuitBreaker.ts";
+import type { LocalMember } from "./LocalMember.ts";
 import type { ResolvedPoolOptions } from "./PoolOptions.ts";
 import type { RoutingCandidate } from "./routingPolicy.ts";
 
@@ -10,8 +11,10 @@ export interface UpstreamSnapshot {
   breaker: "closed" | "open" | "half-open";
   /** Whether a request may be routed there now. */
   eligible: boolean;
-  /** Requests in flight there. */
+  /** Requests in flight there (the local engine: its requests running and queued). */
   outstanding: number;
+  /** The local engine (`url` is then `local`), reached without HTTP. */
+  local: boolean;
   /** Model ids from its `/v1/models` (empty until read). */
   models: string[];
   /** Attempts sent there since the pool started. */
@@ -25,7 +28,10 @@ export class Upstream implements RoutingCandidate {
   readonly id: string;
   readonly apiKey: string | undefined;
   readonly breaker: CircuitBreaker;
-  outstanding = 0;
+  /** The local engine, when this member is the runtime in this process rather than a URL. */
+  readonly local: LocalMember | undefined;
+  /** Requests this pool has in flight there. */
+  inflight = 0;
   healthy = true;
   models: ReadonlySet<string> = new Set();
   requests = 0;
@@ -33,10 +39,20 @@ export class Upstream implements RoutingCandidate {
   #healthFailures = 0;
   #healthPasses = 0;
 
-  constructor(config: { url: string; apiKey: string | undefined }, options: ResolvedPoolOptions) {
+  constructor(
+    config: { url: string; apiKey: string | undefined; local?: LocalMember },
+    options: ResolvedPoolOptions,
+  ) {
     this.id = config.url;
     this.apiKey = config.apiKey;
+    this.local = config.local;
+    if (config.local !== undefined) this.models = new Set(config.local.models);
     this.breaker = new CircuitBreaker({ failures: options.breakerFailures, openMs: options.breakerOpenMs });
+  }
+
+  /** Requests in flight there: for the local engine, the runtime's own count (running and queued). */
+  get outstanding(): number {
+    return this.local !== undefined ? this.local.load : this.inflight;
   }
 
   eligible(now: number): boolean {
@@ -76,6 +92,7 @@ export class Upstream implements RoutingCandidate {
       breaker: this.breaker.state(now),
       eligible: this.eligible(now),
       outstanding: this.outstanding,
+      local: this.local !== undefined,
       models: [...this.models],
       requests: this.requests,
       failures: this.failures,

@@ -1,20 +1,29 @@
 import { randomUUID } from "node:crypto";
 import { createStreamChannel, type StreamChannel } from "../channel/index.ts";
 import { SluiceError } from "../errors.ts";
+import type { Runtime } from "../runtime/Runtime.ts";
 import { GatewayMetrics } from "./GatewayMetrics.ts";
+import type { GenerationTarget } from "./GenerationTarget.ts";
+import { LocalMember } from "./LocalMember.ts";
 import { type ResolvedPoolOptions, resolvePoolOptions, type UpstreamPoolOptions } from "./PoolOptions.ts";
 import { PrefixIndex, promptText } from "./PrefixIndex.ts";
 import { pickUpstream } from "./routingPolicy.ts";
-import { type AttemptOutcome, runAttempt, type UpstreamFailure } from "./runAttempt.ts";
+import { type AttemptSink, createUpstreamAgents, runAttempt, type UpstreamAgents } from "./runAttempt.ts";
 import {
+  choicesOf,
   type OpenAIBody,
+  oneChoice,
   ROUTE_PATH,
-  settle,
   type UpstreamGenerateOptions,
   upstreamBody,
 } from "./streamFromUpstream.ts";
 import { Upstream, type UpstreamSnapshot } from "./Upstream.ts";
 import { UpstreamWriter } from "./UpstreamWriter.ts";
+import type { GenerationKind, UpstreamChoice } from "./upstreamEvent.ts";
+import type { AttemptOutcome, UpstreamFailure } from "./upstreamFailure.ts";
+
+/** The id of the local engine among the pool's members. */
+export const LOCAL_ID = "local";
 
 /** What the gateway server learns about a request while the pool serves it (all optional). */
 export interface PoolGenerateOptions extends UpstreamGenerateOptions {
@@ -44,7 +53,8 @@ export class UpstreamPool {
   readonly metrics: GatewayMetrics;
   readonly #upstreams: Upstream[];
   readonly #index: PrefixIndex;
-  readonly #live = new Set<{ writer: UpstreamWriter; abort: AbortController }>();
+  readonly #live = new Set<{ target: GenerationTarget; abort: AbortController }>();
+  readonly #agents: UpstreamAgents = createUpstreamAgents();
   #turn = 0;
   #timer: ReturnType<typeof setInterval> | undefined;
   #checking: Promise<void> | undefined;
@@ -53,6 +63,10 @@ export class UpstreamPool {
   private constructor(options: ResolvedPoolOptions) {
     this.options = options;
     this.#upstreams = options.upstreams.map((config) => new Upstream(config, options));
+    if (options.local !== undefined) {
+      const local = new LocalMember(options.local);
+      this.#upstreams.push(new Upstream({ url: LOCAL_ID, apiKey: undefined, local }, options));
+    }
     this.#index = new PrefixIndex({
       blockChars: options.prefixBlockChars,
       maxBlocks: options.prefixMaxBlocks,
@@ -72,6 +86,11 @@ export class UpstreamPool {
     pool.#timer = setInterval(() => void pool.checkHealth(), pool.options.healthIntervalMs);
     pool.#timer.unref();
     return pool;
+  }
+
+  /** The local engine's runtime, when the pool has one (`local` option). */
+  get local(): Runtime | undefined {
+    return this.options.local;
   }
 
   /** Every upstream's state. */
@@ -95,13 +114,14 @@ export class UpstreamPool {
 
   /**
    * Streams one generation for an OpenAI-style body (`kind` picks the route; the body is sent as given,
-   * with `stream: true` and usage asked for). Throws `invalid_request` for a body that cannot be sent and
-   * `runtime_closed` after `close()`; every other failure is the channel's terminal chunk (`error`, with an
-   * `upstream_*` code).
+   * with `stream: true` and usage asked for). Throws `invalid_request` for a body that cannot be sent (not an
+   * object, `n` above 1: a channel carries one choice) and `runtime_closed` after `close()`; every other
+   * failure is the channel's terminal chunk (`error`, with an `upstream_*` code).
    */
   generate(body: OpenAIBody, options: PoolGenerateOptions = {}): StreamChannel {
     if (this.#closed) throw new SluiceError("runtime_closed", "The upstream pool is closed.");
-    const payload = upstreamBody(body);
+    upstreamBody(body);
+    oneChoice(body);
     const abort = new AbortController();
     let writer: UpstreamWriter | undefined;
     const { channel, producer } = createStreamChannel({
@@ -114,100 +134,144 @@ export class UpstreamPool {
         abort.abort("cancelled");
       },
     });
-    writer = new UpstreamWriter(producer);
-    const live = { writer, abort };
-    this.#live.add(live);
+    const w = new UpstreamWriter(producer);
+    writer = w;
     if (producer.cancelled) abort.abort("cancelled");
-    const model = typeof body.model === "string" ? body.model : undefined;
-    const hashes = this.options.routing === "prefix_affinity" ? this.#index.hashes(promptText(body)) : [];
-    void this.#serve(live.writer, abort.signal, payload, model, hashes, options)
-      .catch((error) =>
-        live.writer.finish("error", { error: { code: "internal_error", message: String(error) } }),
-      )
-      .finally(() => this.#live.delete(live));
+    const target: GenerationTarget = {
+      get delivered() {
+        return w.delivered;
+      },
+      accepted: (upstream) => {
+        w.accepted();
+        options.onAccepted?.(upstream);
+      },
+      chunk: (choices) => w.chunk(choices),
+      model: (name) => options.onModel?.(name),
+      end: (how) => {
+        if (how.kind === "error" && how.rejected !== undefined)
+          options.onRejected?.(how.rejected.status, how.rejected.body);
+        w.end(how);
+      },
+    };
+    this.dispatch(body, target, { kind: options.kind ?? "chat", signal: abort.signal, abort });
     return channel;
   }
 
-  async #serve(
-    writer: UpstreamWriter,
-    signal: AbortSignal,
-    payload: string,
-    model: string | undefined,
-    hashes: number[],
-    options: PoolGenerateOptions,
-  ): Promise<void> {
-    const kind = options.kind ?? "chat";
+  /**
+   * Serves one request into `target`, whatever it renders (the gateway server passes every field of the
+   * upstream's chunks through; `generate` keeps text and ids): picks an upstream, attempts, retries before
+   * anything was delivered, and ends the target exactly once. `signal` is the consumer's cancel: it aborts
+   * the attempt in flight. Throws `invalid_request` for a body that is not an object and `runtime_closed`
+   * after `close()`.
+   */
+  dispatch(
+    body: OpenAIBody,
+    target: GenerationTarget,
+    options: { kind: GenerationKind; signal: AbortSignal; abort?: AbortController },
+  ): void {
+    if (this.#closed) throw new SluiceError("runtime_closed", "The upstream pool is closed.");
+    const payload = upstreamBody(body);
+    const abort = options.abort ?? new AbortController();
+    if (options.abort === undefined) {
+      if (options.signal.aborted) abort.abort("cancelled");
+      else options.signal.addEventListener("abort", () => abort.abort("cancelled"), { once: true });
+    }
+    const live = { target, abort };
+    this.#live.add(live);
+    const hashes = this.options.routing === "prefix_affinity" ? this.#index.hashes(promptText(body)) : [];
+    const request: PooledRequest = {
+      body,
+      payload,
+      kind: options.kind,
+      model: typeof body.model === "string" ? body.model : undefined,
+      choices: choicesOf(body),
+      hashes,
+      signal: abort.signal,
+    };
+    void this.#serve(target, request)
+      .catch((error) =>
+        target.end({ kind: "error", error: { code: "internal_error", message: String(error) } }),
+      )
+      .finally(() => this.#live.delete(live));
+  }
+
+  async #serve(target: GenerationTarget, request: PooledRequest): Promise<void> {
+    const { signal } = request;
     const tried = new Set<Upstream>();
     let last: UpstreamFailure | undefined;
     for (let attempt = 0; attempt < this.options.maxAttempts; attempt++) {
       if (signal.aborted) break;
-      const upstream = this.#pick(model, hashes, tried);
+      const upstream = this.#pick(request, tried);
       if (upstream === undefined) break;
       if (attempt > 0) this.metrics.retries.inc();
       tried.add(upstream);
-      const outcome = await this.#attempt(upstream, writer, signal, payload, kind, options);
+      const outcome = await this.#attempt(upstream, target, request);
       if (outcome.kind !== "failed") {
-        settle(writer, outcome);
+        target.end(outcome);
         return;
       }
       last = outcome.failure;
-      if (!last.retryable || writer.delivered) break;
+      if (!last.retryable || target.delivered) break;
     }
     if (signal.aborted) {
-      writer.finish("cancelled");
+      target.end({ kind: "aborted" });
       return;
     }
-    if (last?.code === "upstream_rejected" && last.status !== undefined)
-      options.onRejected?.(last.status, last.body);
     const error = last ?? {
       code: "upstream_unavailable",
-      message: this.#noUpstreamMessage(model),
+      message: this.#noUpstreamMessage(request),
     };
-    writer.finish("error", { error: { code: error.code, message: error.message } });
+    target.end({
+      kind: "error",
+      error: { code: error.code, message: error.message },
+      ...(last?.code === "upstream_rejected" && last.status !== undefined
+        ? { rejected: { status: last.status, body: last.body } }
+        : {}),
+    });
   }
 
   async #attempt(
     upstream: Upstream,
-    writer: UpstreamWriter,
-    signal: AbortSignal,
-    payload: string,
-    kind: "chat" | "completion",
-    options: PoolGenerateOptions,
+    target: GenerationTarget,
+    request: PooledRequest,
   ): Promise<AttemptOutcome> {
     const started = performance.now();
     upstream.breaker.begin(started);
-    upstream.outstanding++;
+    upstream.inflight++;
     upstream.requests++;
     let firstToken = true;
+    const sink: AttemptSink = {
+      accepted: () => target.accepted(upstream.id),
+      chunk: (choices: readonly UpstreamChoice[]) => {
+        if (firstToken) {
+          firstToken = false;
+          this.metrics.ttft.observe({ upstream: upstream.id }, (performance.now() - started) / 1000);
+        }
+        target.chunk(choices);
+      },
+      model: (name) => target.model(name),
+    };
     let outcome: AttemptOutcome;
     try {
-      outcome = await runAttempt(
-        {
-          baseUrl: upstream.id,
-          path: ROUTE_PATH[kind],
-          ...(upstream.apiKey !== undefined ? { apiKey: upstream.apiKey } : {}),
-          body: payload,
-          signal,
-          headersTimeoutMs: this.options.headersTimeoutMs,
-          idleTimeoutMs: this.options.idleTimeoutMs,
-        },
-        {
-          accepted: () => {
-            writer.accepted();
-            options.onAccepted?.(upstream.id);
-          },
-          delta: (text, ids) => {
-            if (firstToken && (text.length > 0 || ids.length > 0)) {
-              firstToken = false;
-              this.metrics.ttft.observe({ upstream: upstream.id }, (performance.now() - started) / 1000);
-            }
-            writer.push(text, ids);
-          },
-          model: (name) => options.onModel?.(name),
-        },
-      );
+      outcome =
+        upstream.local !== undefined
+          ? await upstream.local.attempt(request.body, request.kind, sink, request.signal)
+          : await runAttempt(
+              {
+                baseUrl: upstream.id,
+                path: ROUTE_PATH[request.kind],
+                ...(upstream.apiKey !== undefined ? { apiKey: upstream.apiKey } : {}),
+                body: request.payload,
+                signal: request.signal,
+                headersTimeoutMs: this.options.headersTimeoutMs,
+                idleTimeoutMs: this.options.idleTimeoutMs,
+                choices: request.choices,
+                agents: this.#agents,
+              },
+              sink,
+            );
     } finally {
-      upstream.outstanding--;
+      upstream.inflight--;
     }
     this.#account(upstream, outcome);
     return outcome;
@@ -238,9 +302,16 @@ export class UpstreamPool {
       this.metrics.ejections.inc({ upstream: id, cause: "breaker" });
   }
 
-  #pick(model: string | undefined, hashes: number[], tried: ReadonlySet<Upstream>): Upstream | undefined {
+  #pick(request: PooledRequest, tried: ReadonlySet<Upstream>): Upstream | undefined {
+    const { model, hashes } = request;
     const now = performance.now();
-    const open = this.#upstreams.filter((u) => !tried.has(u) && u.eligible(now));
+    // The local engine takes what it serves as a Sluice server would; the rest goes to the remote ones.
+    const open = this.#upstreams.filter(
+      (u) =>
+        !tried.has(u) &&
+        u.eligible(now) &&
+        (u.local === undefined || u.local.refuses(request.body) === undefined),
+    );
     if (open.length === 0) return undefined;
     // Upstreams that list the model, when any does; otherwise the model is the upstream's to judge
     // (llama-server and Sluice answer any name with their one model).
@@ -262,7 +333,8 @@ export class UpstreamPool {
     return choice.upstream;
   }
 
-  #noUpstreamMessage(model: string | undefined): string {
+  #noUpstreamMessage(request: PooledRequest): string {
+    const { model } = request;
     const now = performance.now();
     const down = this.#upstreams.filter((u) => !u.eligible(now)).length;
     return (
@@ -289,7 +361,7 @@ export class UpstreamPool {
     };
     await Promise.all(
       this.#upstreams.map(async (u) => {
-        const ok = (await this.#get(u, "/health")) !== undefined;
+        const ok = u.local !== undefined ? u.local.open : (await this.#get(u, "/health")) !== undefined;
         if (this.#closed) return;
         const change = u.health(ok, thresholds);
         if (change === "ejected") {
@@ -298,7 +370,7 @@ export class UpstreamPool {
           this.#index.forget(u.id);
         }
         if (change === "returned") this.metrics.returns.inc({ upstream: u.id, cause: "health" });
-        if (ok && (initial || change === "returned" || u.models.size === 0)) {
+        if (ok && u.local === undefined && (initial || change === "returned" || u.models.size === 0)) {
           const list = (await this.#get(u, "/v1/models")) as { data?: { id?: unknown }[] } | undefined;
           const ids = (list?.data ?? [])
             .map((m) => m.id)
@@ -336,10 +408,26 @@ export class UpstreamPool {
     if (this.#closed) return;
     this.#closed = true;
     clearInterval(this.#timer);
-    for (const { writer, abort } of this.#live) {
-      writer.finish("error", { error: { code: "runtime_closed", message: "The upstream pool closed." } });
+    for (const { target, abort } of this.#live) {
+      target.end({ kind: "error", error: { code: "runtime_closed", message: "The upstream pool closed." } });
       abort.abort("closed");
     }
     await this.#checking;
+    this.#agents.http.destroy();
+    this.#agents.https.destroy();
   }
+}
+
+/** One request as the pool serves it. */
+interface PooledRequest {
+  body: OpenAIBody;
+  /** The body as sent upstream. */
+  payload: string;
+  kind: GenerationKind;
+  model: string | undefined;
+  /** Choices asked for (`n`). */
+  choices: number;
+  /** Prefix hashes of the prompt (prefix affinity only). */
+  hashes: number[];
+  signal: AbortSignal;
 }

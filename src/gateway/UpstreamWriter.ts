@@ -1,6 +1,7 @@
 import type { ChannelProducer } from "../channel/index.ts";
 import type { ChunkError, FinishReason, Timings } from "../types.ts";
-import type { UpstreamUsage } from "./upstreamEvent.ts";
+import type { GenerationTarget, TargetEnd } from "./GenerationTarget.ts";
+import type { UpstreamChoice, UpstreamUsage } from "./upstreamEvent.ts";
 
 const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
 
@@ -12,8 +13,11 @@ const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[
  * TextDecoder sits before the SSE parser); what is left is an upstream that splits a surrogate pair across
  * two JSON strings (`"\ud83d"`, then `"\ude00"`): a trailing high surrogate is held back until the next
  * delta, and anything still lone becomes U+FFFD.
+ *
+ * As a pool's `GenerationTarget` it carries choice 0's text and token ids (tool-call fragments and
+ * log-probabilities are the gateway server's to pass through, see `ResponseRelay`).
  */
-export class UpstreamWriter {
+export class UpstreamWriter implements GenerationTarget {
   readonly #producer: ChannelProducer;
   readonly #submittedAt: number;
   #acceptedAt: number | undefined;
@@ -39,6 +43,35 @@ export class UpstreamWriter {
   /** An upstream accepted the request (answered 200 with an event stream). */
   accepted(): void {
     this.#acceptedAt ??= performance.now();
+  }
+
+  chunk(choices: readonly UpstreamChoice[]): void {
+    for (const choice of choices) if (choice.index === 0) this.push(choice.text, choice.tokenIds);
+  }
+
+  model(): void {}
+
+  /** Finishes the channel as the request's end says (a no-op when it already finished). */
+  end(how: TargetEnd): void {
+    switch (how.kind) {
+      case "aborted":
+        this.finish("cancelled");
+        return;
+      case "error":
+        this.finish("error", { error: how.error });
+        return;
+      case "failed":
+        this.finish("error", { error: { code: how.failure.code, message: how.failure.message } });
+        return;
+      case "finished": {
+        const { finish, usage } = how;
+        this.finish(finish.reason, {
+          ...(finish.stop !== undefined ? { stop: finish.stop } : {}),
+          ...(finish.error !== undefined ? { error: finish.error } : {}),
+          ...(usage !== undefined ? { usage } : {}),
+        });
+      }
+    }
   }
 
   push(text: string, tokenIds: readonly number[]): void {
@@ -86,19 +119,29 @@ export class UpstreamWriter {
   }
 
   #timings(completionTokens: number): Timings {
-    const now = performance.now();
-    const accepted = this.#acceptedAt ?? this.#firstTokenAt ?? now;
-    const first = this.#firstTokenAt;
-    const decodeMs = first === undefined ? 0 : now - first;
-    return {
-      queuedMs: round(accepted - this.#submittedAt),
-      prefillMs: first === undefined ? 0 : round(first - accepted),
-      decodeMs: round(decodeMs),
-      firstTokenMs: first === undefined ? 0 : round(first - this.#submittedAt),
-      tokensPerSecond:
-        decodeMs > 0 && completionTokens > 1 ? round(((completionTokens - 1) * 1000) / decodeMs) : 0,
-    };
+    return timingsOf(this.#submittedAt, this.#acceptedAt, this.#firstTokenAt, completionTokens);
   }
+}
+
+/** Timings of a gateway generation from its instants (`performance.now()` ms), as the runtime reports them. */
+export function timingsOf(
+  submittedAt: number,
+  acceptedAt: number | undefined,
+  firstTokenAt: number | undefined,
+  completionTokens: number,
+): Timings {
+  const now = performance.now();
+  const accepted = acceptedAt ?? firstTokenAt ?? now;
+  const first = firstTokenAt;
+  const decodeMs = first === undefined ? 0 : now - first;
+  return {
+    queuedMs: round(accepted - submittedAt),
+    prefillMs: first === undefined ? 0 : round(first - accepted),
+    decodeMs: round(decodeMs),
+    firstTokenMs: first === undefined ? 0 : round(first - submittedAt),
+    tokensPerSecond:
+      decodeMs > 0 && completionTokens > 1 ? round(((completionTokens - 1) * 1000) / decodeMs) : 0,
+  };
 }
 
 function round(value: number): number {

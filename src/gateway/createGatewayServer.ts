@@ -7,8 +7,6 @@ import {
 } from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Logger } from "pino";
-import { Counter, Registry } from "prom-client";
-import type { StreamChannel } from "../channel/index.ts";
 import { SluiceError } from "../errors.ts";
 import { type AccessRecord, createLogger, logAccess } from "../server/accessLog.ts";
 import { ANONYMOUS, ApiKeys } from "../server/auth.ts";
@@ -24,6 +22,7 @@ import {
   toHttpError,
   tooManyConnections,
 } from "../server/httpErrors.ts";
+import { ServerMetrics } from "../server/metrics.ts";
 import { checkOrigin } from "../server/origin.ts";
 import { parseRequestTarget } from "../server/requestTarget.ts";
 import { type Handler, type RouteContext, Router } from "../server/router.ts";
@@ -33,8 +32,10 @@ import {
   type ServerOptions,
 } from "../server/ServerOptions.ts";
 import { SseWriter } from "../server/sse.ts";
+import type { TargetEnd } from "./GenerationTarget.ts";
 import { upstreamHttpError } from "./gatewayErrors.ts";
-import { gatewayShape } from "./gatewayShapes.ts";
+import { ResponseRelay } from "./ResponseRelay.ts";
+import { choicesOf } from "./streamFromUpstream.ts";
 import type { UpstreamPool } from "./UpstreamPool.ts";
 import type { GenerationKind } from "./upstreamEvent.ts";
 
@@ -83,10 +84,9 @@ export class GatewayServer {
   readonly #connections: ConnectionGuard;
   readonly #cors: ReturnType<typeof createCors>;
   readonly #logger: Logger;
-  readonly #registry = new Registry();
-  readonly #httpCounter: Counter<"route" | "status">;
+  readonly #metrics: ServerMetrics;
   readonly #inflight = new Set<Promise<void>>();
-  readonly #generations = new Set<StreamChannel>();
+  readonly #generations = new Set<AbortController>();
   #closing = false;
   #closed: Promise<void> | undefined;
 
@@ -106,12 +106,9 @@ export class GatewayServer {
     this.#keys = new ApiKeys(resolved.apiKeys, resolved.adminApiKey);
     this.#cors = createCors(resolved.corsOrigins);
     this.#logger = createLogger(resolved.logLevel, resolved.logDestination);
-    this.#httpCounter = new Counter({
-      name: "sluice_http_requests_total",
-      help: "HTTP requests by route and status.",
-      labelNames: ["route", "status"],
-      registers: [this.#registry],
-    });
+    // The server's own metrics: the process's (CPU, memory, event-loop lag, GC), HTTP traffic, open
+    // streams, and the local engine's runtime figures when the pool has one.
+    this.#metrics = new ServerMetrics(() => pool.local);
     this.#router = new Router()
       .add("POST", "/v1/chat/completions", (c) => this.#generate("chat", c))
       .add("POST", "/v1/completions", (c) => this.#generate("completion", c))
@@ -133,9 +130,9 @@ export class GatewayServer {
       })
       .add("GET", "/v1/upstreams", ({ res }) => sendJson(res, 200, { object: "list", data: pool.snapshot() }))
       .add("GET", "/metrics", async ({ res }) => {
-        const text = await Registry.merge([this.#registry, pool.metrics.registry]).metrics();
-        res.writeHead(200, { "Content-Type": this.#registry.contentType });
-        res.end(text);
+        const [own, gateway] = await Promise.all([this.#metrics.render(), pool.metrics.render()]);
+        res.writeHead(200, { "Content-Type": this.#metrics.contentType });
+        res.end(`${own}\n${gateway}`);
       })
       .add("GET", "/health", (c) => this.#health(c), { auth: false })
       .add("GET", "/health/ready", (c) => this.#health(c), { auth: false })
@@ -152,7 +149,7 @@ export class GatewayServer {
       (req, res) => this.#track(req, res),
     );
     this.#connections = new ConnectionGuard(this.http, resolved, (status) =>
-      this.#httpCounter.inc({ route: "unmatched", status: String(status) }),
+      this.#metrics.countHttp("unmatched", status),
     );
   }
 
@@ -179,7 +176,7 @@ export class GatewayServer {
       this.#closing = true;
       const stopped = new Promise<void>((resolve) => this.http.close(() => resolve()));
       if (options.graceful === false) this.http.closeAllConnections();
-      for (const channel of this.#generations) channel.cancel(GatewayCancel.shutdown);
+      for (const abort of this.#generations) abort.abort(GatewayCancel.shutdown);
       const cut = setTimeout(() => this.http.closeAllConnections(), CLOSE_GRACE_MS);
       cut.unref();
       while (this.#inflight.size > 0) await Promise.allSettled([...this.#inflight]);
@@ -207,23 +204,23 @@ export class GatewayServer {
     const b = body as Record<string, unknown>;
     const stream = b.stream === true;
     const streamOptions = b.stream_options as { include_usage?: unknown } | undefined;
-    const includeUsage = stream && streamOptions?.include_usage === true;
     const id = `${kind === "chat" ? "chatcmpl" : "cmpl"}-${randomUUID()}`;
     access.id = id;
-    let upstreamModel: string | undefined;
-    let rejected: { status: number; body: unknown } | undefined;
-    let accept!: () => void;
-    const accepted = new Promise<void>((resolve) => (accept = resolve));
-    const channel = this.pool.generate(b, {
+    const relay = new ResponseRelay({
       kind,
       id,
-      onAccepted: () => accept(),
-      onRejected: (status, error) => (rejected = { status, body: error }),
-      onModel: (name) => (upstreamModel ??= name),
+      model: typeof b.model === "string" ? b.model : undefined,
+      created: Math.floor(Date.now() / 1000),
+      stream,
+      includeUsage: stream && streamOptions?.include_usage === true,
+      choices: choicesOf(b),
+      strictFinishReason: this.options.strictFinishReason,
     });
-    this.#generations.add(channel);
+    const abort = new AbortController();
+    this.pool.dispatch(b, relay, { kind, signal: abort.signal });
+    this.#generations.add(abort);
     const onClose = () => {
-      if (!res.writableFinished) channel.cancel(GatewayCancel.disconnected);
+      if (!res.writableFinished) abort.abort(GatewayCancel.disconnected);
     };
     res.on("close", onClose);
     if (res.destroyed || req.socket.destroyed) onClose();
@@ -231,58 +228,36 @@ export class GatewayServer {
     const deadline =
       requestTimeoutMs === undefined
         ? undefined
-        : setTimeout(() => channel.cancel(GatewayCancel.deadline), requestTimeoutMs);
-    const requested = typeof b.model === "string" ? b.model : undefined;
-    const shape = gatewayShape(kind, {
-      id,
-      model: () => requested ?? upstreamModel ?? "unknown",
-      created: Math.floor(Date.now() / 1000),
-      includeUsage,
-    });
+        : setTimeout(() => abort.abort(GatewayCancel.deadline), requestTimeoutMs);
     try {
       // Until an upstream accepts, a failure can still be an HTTP status (502/503/504, or the upstream's 4xx).
-      await Promise.race([accepted, channel.result]);
-      if (channel.finished) {
-        const result = await channel.result;
-        record(access, result);
-        if (result.reason === "error" && result.text.length === 0)
-          throw upstreamHttpError(result.error, rejected);
-      }
-      if (!stream) {
-        const result = await channel.result;
-        record(access, result);
-        if (res.destroyed) return;
-        if (result.reason === "error") throw upstreamHttpError(result.error, rejected);
-        sendJson(res, 200, shape.body(result), { "X-Request-Id": id });
-        return;
+      await relay.accepted$;
+      if (!stream || relay.isEnded) {
+        const how = await relay.ended;
+        record(access, relay);
+        const error = relay.error;
+        if (error !== undefined && !relay.delivered) throw upstreamHttpError(error, rejectedOf(how));
+        if (!stream) {
+          if (res.destroyed) return;
+          if (error !== undefined) throw upstreamHttpError(error, rejectedOf(how));
+          sendJson(res, 200, relay.body(), { "X-Request-Id": id });
+          return;
+        }
       }
       const sse = new SseWriter(res, this.options.keepAliveMs, { "X-Request-Id": id });
+      this.#metrics.streamOpened();
       try {
-        const opening = shape.opening();
-        if (opening !== undefined) sse.data(opening);
-        for await (const chunk of channel) {
-          if (chunk.text.length === 0 || !sse.open) continue;
-          if (!sse.data(shape.delta(chunk.text))) await sse.writable();
-        }
-        const result = await channel.result;
-        record(access, result);
-        if (!sse.open) return;
-        sse.data(shape.finish(result));
-        if (includeUsage) sse.data(shape.usage(result));
-        if (result.reason === "error") {
-          const error = result.error ?? { code: "upstream_error", message: "The upstream failed." };
-          sse.data(
-            JSON.stringify({ error: { message: error.message, type: "server_error", code: error.code } }),
-          );
-        }
-        sse.end();
+        relay.start(sse);
+        await relay.finishStream();
+        record(access, relay);
       } finally {
         sse.dispose();
+        this.#metrics.streamClosed();
       }
     } finally {
       clearTimeout(deadline);
       res.off("close", onClose);
-      this.#generations.delete(channel);
+      this.#generations.delete(abort);
     }
   }
 
@@ -300,7 +275,7 @@ export class GatewayServer {
     const access: AccessRecord = {};
     const started = performance.now();
     res.once("close", () => {
-      this.#httpCounter.inc({ route: label, status: String(res.statusCode) });
+      this.#metrics.countHttp(label, res.statusCode);
       if (!this.#logger.isLevelEnabled("info")) return;
       const durationMs = Math.round((performance.now() - started) * 1000) / 1000;
       const entry = { method: req.method ?? "", route: label, status: res.statusCode, durationMs };
@@ -356,12 +331,16 @@ function modelObject(id: string) {
   return { id, object: "model", created: STARTED, owned_by: "upstream" };
 }
 
-function record(access: AccessRecord, result: Awaited<StreamChannel["result"]>): void {
-  access.promptTokens = result.usage.promptTokens;
-  access.completionTokens = result.usage.completionTokens;
-  access.cachedTokens = result.usage.cachedTokens;
-  if (result.usage.completionTokens > 0) access.ttftMs = result.timings.firstTokenMs;
-  access.finishReason = result.reason;
+function record(access: AccessRecord, relay: ResponseRelay): void {
+  const usage = relay.usage;
+  access.promptTokens = usage.promptTokens;
+  access.completionTokens = usage.completionTokens;
+  access.cachedTokens = usage.cachedTokens;
+  if (usage.completionTokens > 0) access.ttftMs = relay.timings.firstTokenMs;
+}
+
+function rejectedOf(how: TargetEnd): { status: number; body: unknown } | undefined {
+  return how.kind === "error" ? how.rejected : undefined;
 }
 
 /**

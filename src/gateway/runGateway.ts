@@ -1,4 +1,5 @@
 import { SluiceError } from "../errors.ts";
+import type { Runtime } from "../runtime/Runtime.ts";
 import type { ServerOptions } from "../server/ServerOptions.ts";
 import { createGatewayServer, type GatewayServerOptions } from "./createGatewayServer.ts";
 import type { RoutingPolicy } from "./routingPolicy.ts";
@@ -10,10 +11,13 @@ export interface RunGatewayOptions {
   host: string;
   port: number;
   server: ServerOptions;
+  /** A loaded local engine to serve as one more member of the pool; closed with the gateway. */
+  local?: Runtime;
 }
 
 /**
- * `sluice serve --upstream URL ...`: no local model; the API is served by the upstreams through a pool.
+ * `sluice serve --upstream URL ...`: the API served by the upstreams through a pool, and by the local engine
+ * too when `local` is given (`--model`).
  * Resolves with the exit code once a signal (SIGINT/SIGTERM) has closed the server (open streams get their
  * finish chunk) and the pool. Throws `invalid_option` for a wrong upstream or option.
  */
@@ -28,8 +32,10 @@ export async function runGateway(options: RunGatewayOptions): Promise<number> {
   }
   void chatTemplate;
   void webRoot;
+  const local = options.local;
   const pool = await UpstreamPool.create({
     upstreams: options.upstreams,
+    ...(local !== undefined ? { local } : {}),
     ...(options.routing !== undefined ? { routing: options.routing } : {}),
   });
   const server = createGatewayServer(pool, http as GatewayServerOptions);
@@ -38,6 +44,7 @@ export async function runGateway(options: RunGatewayOptions): Promise<number> {
     address = await server.listen(options.port, options.host);
   } catch (error) {
     await pool.close();
+    await local?.close();
     throw new SluiceError(
       "invalid_request",
       `cannot listen on ${options.host}:${options.port}: ${(error as Error).message}`,
@@ -49,7 +56,8 @@ export async function runGateway(options: RunGatewayOptions): Promise<number> {
       `(${pool.options.routing} routing)\n` +
       snapshot
         .map(
-          (u) => `  ${u.url}  ${u.healthy ? "up" : "down"}  ${u.models.join(", ") || "(no models listed)"}\n`,
+          (u) =>
+            `  ${u.local ? "local (this process)" : u.url}  ${u.healthy ? "up" : "down"}  ${u.models.join(", ") || "(no models listed)"}\n`,
         )
         .join("") +
       `  try  curl -N ${address.url}/v1/completions -H 'content-type: application/json' \\\n` +
@@ -68,6 +76,7 @@ export async function runGateway(options: RunGatewayOptions): Promise<number> {
         try {
           await server.close({ graceful: true });
           await pool.close();
+          await local?.close();
           resolve(0);
         } catch (error) {
           process.stderr.write(`sluice: shutdown failed: ${(error as Error).message}\n`);

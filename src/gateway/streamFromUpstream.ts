@@ -1,9 +1,10 @@
 import { randomUUID } from "node:crypto";
 import { createStreamChannel, type StreamChannel } from "../channel/index.ts";
 import { SluiceError } from "../errors.ts";
-import { type AttemptOutcome, runAttempt } from "./runAttempt.ts";
+import { runAttempt } from "./runAttempt.ts";
 import { UpstreamWriter } from "./UpstreamWriter.ts";
 import type { GenerationKind } from "./upstreamEvent.ts";
+import type { AttemptOutcome } from "./upstreamFailure.ts";
 
 /** An OpenAI-style request body: `/v1/chat/completions` or `/v1/completions`, as a client would send it. */
 export type OpenAIBody = Record<string, unknown>;
@@ -38,21 +39,30 @@ export const ROUTE_PATH: Record<GenerationKind, string> = {
 /**
  * The body sent upstream: the client's, with `stream: true` and `stream_options.include_usage: true`
  * (the gateway re-renders the stream for its own client, and wants the upstream's usage). Throws
- * `invalid_request` for what cannot be streamed through one channel (not an object, `n` above 1).
+ * `invalid_request` for a body that is not a JSON object.
  */
 export function upstreamBody(body: unknown): string {
   if (typeof body !== "object" || body === null || Array.isArray(body)) {
     throw new SluiceError("invalid_request", "The request body must be a JSON object.");
   }
   const b = body as OpenAIBody;
-  if (b.n !== undefined && b.n !== null && b.n !== 1) {
+  const streamOptions =
+    typeof b.stream_options === "object" && b.stream_options !== null ? b.stream_options : {};
+  return JSON.stringify({ ...b, stream: true, stream_options: { ...streamOptions, include_usage: true } });
+}
+
+/** Choices a body asks for (`n`, default 1). */
+export function choicesOf(body: OpenAIBody): number {
+  return typeof body.n === "number" && Number.isInteger(body.n) && body.n > 1 ? body.n : 1;
+}
+
+/** A channel carries one choice: throws `invalid_request` for `n` above 1 (the gateway server takes them). */
+export function oneChoice(body: OpenAIBody): void {
+  if (body.n !== undefined && body.n !== null && body.n !== 1) {
     throw new SluiceError("invalid_request", "n must be 1: one generation streams through one channel.", {
       param: "n",
     });
   }
-  const streamOptions =
-    typeof b.stream_options === "object" && b.stream_options !== null ? b.stream_options : {};
-  return JSON.stringify({ ...b, stream: true, stream_options: { ...streamOptions, include_usage: true } });
 }
 
 /**
@@ -66,6 +76,7 @@ export function upstreamBody(body: unknown): string {
  */
 export function streamFromUpstream(body: OpenAIBody, options: StreamFromUpstreamOptions): StreamChannel {
   const payload = upstreamBody(body);
+  oneChoice(body);
   const kind = options.kind ?? "chat";
   const abort = new AbortController();
   let writer: UpstreamWriter | undefined;
@@ -91,9 +102,9 @@ export function streamFromUpstream(body: OpenAIBody, options: StreamFromUpstream
       headersTimeoutMs: options.headersTimeoutMs ?? 30_000,
       idleTimeoutMs: options.idleTimeoutMs ?? 60_000,
     },
-    { accepted: () => w.accepted(), delta: (text, ids) => w.push(text, ids) },
+    { accepted: () => w.accepted(), chunk: (choices) => w.chunk(choices) },
   ).then(
-    (outcome) => settle(w, outcome),
+    (outcome) => w.end(outcome),
     (error) => w.finish("error", { error: { code: "internal_error", message: String(error) } }),
   );
   return channel;
@@ -101,20 +112,5 @@ export function streamFromUpstream(body: OpenAIBody, options: StreamFromUpstream
 
 /** Finishes the channel as an attempt's outcome says (a no-op when it already finished). */
 export function settle(writer: UpstreamWriter, outcome: AttemptOutcome): void {
-  switch (outcome.kind) {
-    case "aborted":
-      writer.finish("cancelled");
-      return;
-    case "failed":
-      writer.finish("error", { error: { code: outcome.failure.code, message: outcome.failure.message } });
-      return;
-    case "finished": {
-      const { finish, usage } = outcome;
-      writer.finish(finish.reason, {
-        ...(finish.stop !== undefined ? { stop: finish.stop } : {}),
-        ...(finish.error !== undefined ? { error: finish.error } : {}),
-        ...(usage !== undefined ? { usage } : {}),
-      });
-    }
-  }
+  writer.end(outcome);
 }

@@ -17,15 +17,44 @@ export interface UpstreamFinish {
   error?: ChunkError;
 }
 
+/**
+ * One choice's part of an upstream chunk. What an OpenAI-compatible proxy passes through untouched rides in
+ * `toolCalls` and `logprobs` as the upstream sent them (the gateway re-renders only the envelope).
+ */
+export interface UpstreamChoice {
+  index: number;
+  /** Text delta (`delta.content`, or a completion's `text`); may be empty (role chunks, tool-call chunks). */
+  text: string;
+  /** Token ids of the delta when the upstream sends them (vLLM `token_ids`, llama-server `tokens`). */
+  tokenIds: number[];
+  /** Streamed tool-call fragments (`delta.tool_calls`: index, id, type, function name, argument pieces). */
+  toolCalls?: ToolCallFragment[];
+  /** The delta's log-probabilities: chat's `{ content: [...] }` or the legacy completions' arrays. */
+  logprobs?: Logprobs;
+  finish?: UpstreamFinish;
+  /** The upstream's own `finish_reason` string (`tool_calls` stays `tool_calls` for the client). */
+  finishReason?: string;
+}
+
+/** One `delta.tool_calls` entry as OpenAI streams it: the first fragment of a call has its id and name. */
+export interface ToolCallFragment {
+  index: number;
+  id?: string;
+  type?: string;
+  function?: { name?: string; arguments?: string };
+}
+
+/** Chat's log-probabilities (`content` entries) or the legacy completions' parallel arrays. */
+export type Logprobs =
+  | { content: unknown[]; refusal?: unknown }
+  | { tokens: unknown[]; token_logprobs: unknown[]; top_logprobs: unknown[]; text_offset: unknown[] };
+
 /** One SSE `data:` event of an upstream, read. */
 export type UpstreamEvent =
   | {
       kind: "chunk";
-      /** Text delta; may be empty (role chunks, usage chunks). */
-      text: string;
-      /** Token ids of the delta when the upstream sends them (vLLM `token_ids`, llama-server `tokens`). */
-      tokenIds: number[];
-      finish?: UpstreamFinish;
+      /** The choices this chunk carries (none for a usage chunk), by their `index`. */
+      choices: UpstreamChoice[];
       usage?: UpstreamUsage;
       /** The model the upstream named, when it did. */
       model?: string;
@@ -44,6 +73,8 @@ const FINISH_REASONS: ReadonlySet<string> = new Set(["eos", "length", "stop", "c
  * channel. Sluice upstreams say how they ended exactly (`sluice.reason`, `sluice.stop`); for the others
  * OpenAI's `finish_reason` is mapped: `stop` (end of generation or a stop string, which OpenAI does not tell
  * apart), `tool_calls` and `function_call` become `eos`, `length` stays, `content_filter` is an error.
+ * Tool-call fragments and log-probabilities are kept as sent (shape-checked only as far as routing them by
+ * choice needs).
  */
 export function readUpstreamEvent(data: string): UpstreamEvent {
   if (data === "[DONE]") return { kind: "done" };
@@ -60,33 +91,66 @@ export function readUpstreamEvent(data: string): UpstreamEvent {
     const message = typeof error.message === "string" ? error.message : "The upstream reported an error.";
     return { kind: "error", error: { code, message } };
   }
-  const choices = json.choices;
-  if (choices !== undefined && !Array.isArray(choices)) {
+  const raw = json.choices;
+  if (raw !== undefined && raw !== null && !Array.isArray(raw)) {
     return { kind: "malformed", why: `"choices" is not an array: ${clip(data)}` };
   }
-  const choice = choices?.find((c) => isObject(c) && (c.index === undefined || c.index === 0));
-  if (choices !== undefined && choices.length > 0 && !isObject(choice)) {
-    return { kind: "malformed", why: `no choice with index 0: ${clip(data)}` };
+  const choices: UpstreamChoice[] = [];
+  for (const c of raw ?? []) {
+    const choice = readChoice(c, json.tokens, json.sluice);
+    if (typeof choice === "string") return { kind: "malformed", why: `${choice}: ${clip(data)}` };
+    choices.push(choice);
   }
-  let text = "";
-  let tokenIds: number[] = [];
-  let finish: UpstreamFinish | undefined;
-  if (isObject(choice)) {
-    const delta = isObject(choice.delta) ? choice.delta.content : undefined;
-    const raw = typeof delta === "string" ? delta : choice.text;
-    if (raw !== undefined && raw !== null && typeof raw !== "string") {
-      return { kind: "malformed", why: `the delta text is not a string: ${clip(data)}` };
-    }
-    text = raw ?? "";
-    tokenIds = ids(choice.token_ids) ?? ids(json.tokens) ?? [];
-    if (typeof choice.finish_reason === "string") finish = mapFinish(choice.finish_reason, json.sluice);
-  }
-  const event: UpstreamEvent = { kind: "chunk", text, tokenIds };
-  if (finish !== undefined) event.finish = finish;
+  const event: UpstreamEvent = { kind: "chunk", choices };
   const usage = readUsage(json.usage);
   if (usage !== undefined) event.usage = usage;
   if (typeof json.model === "string") event.model = json.model;
   return event;
+}
+
+/** One choice of a chunk, or why it is malformed. */
+function readChoice(c: unknown, tokens: unknown, sluice: unknown): UpstreamChoice | string {
+  if (!isObject(c)) return "a choice is not an object";
+  const index = c.index === undefined ? 0 : c.index;
+  if (typeof index !== "number" || !Number.isInteger(index) || index < 0 || index > 1000)
+    return "a choice's index is not a small integer";
+  const delta = isObject(c.delta) ? c.delta : undefined;
+  const content = delta !== undefined ? delta.content : c.text;
+  if (content !== undefined && content !== null && typeof content !== "string")
+    return "the delta text is not a string";
+  const choice: UpstreamChoice = {
+    index,
+    text: (content as string | null | undefined) ?? "",
+    tokenIds: ids(c.token_ids) ?? (index === 0 ? ids(tokens) : undefined) ?? [],
+  };
+  const calls = delta?.tool_calls;
+  if (calls !== undefined && calls !== null) {
+    if (!Array.isArray(calls) || !calls.every(isFragment))
+      return "delta.tool_calls is not a list of tool calls";
+    if (calls.length > 0) choice.toolCalls = calls;
+  }
+  if (isObject(c.logprobs)) {
+    const lp = c.logprobs;
+    if (Array.isArray(lp.content)) choice.logprobs = lp as Logprobs;
+    else if (Array.isArray(lp.tokens) && Array.isArray(lp.token_logprobs)) choice.logprobs = lp as Logprobs;
+  }
+  if (typeof c.finish_reason === "string") {
+    choice.finishReason = c.finish_reason;
+    // The `sluice` object speaks for choice 0 of a streamed chunk (one finish chunk per choice, each its own).
+    choice.finish = mapFinish(c.finish_reason, sluice);
+  }
+  return choice;
+}
+
+function isFragment(value: unknown): value is ToolCallFragment {
+  if (!isObject(value) || typeof value.index !== "number") return false;
+  const f = value.function;
+  if (f === undefined) return true;
+  return (
+    isObject(f) &&
+    (f.name === undefined || typeof f.name === "string") &&
+    (f.arguments === undefined || typeof f.arguments === "string")
+  );
 }
 
 function mapFinish(reason: string, sluice: unknown): UpstreamFinish {

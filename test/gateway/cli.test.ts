@@ -3,6 +3,7 @@ import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { createInterface } from "node:readline";
 import { after, describe, test } from "node:test";
+import { BUNDLED_MODEL_PATH } from "../../src/engine/modelPath.ts";
 import { post, textOf } from "../server/client.ts";
 import {
   endEvents,
@@ -65,16 +66,44 @@ describe("sluice serve --upstream", () => {
     assert.equal(code, 0);
   });
 
-  test("SLUICE_UPSTREAM works like the flag; --upstream with --model and a bad URL fail with a message", async () => {
+  test("SLUICE_UPSTREAM works like the flag; a missing --model file and a bad URL fail with a message", async () => {
     const viaEnv = serve([], { SLUICE_UPSTREAM: upstream.url });
     await viaEnv.address;
     viaEnv.child.kill("SIGTERM");
     assert.equal((await once(viaEnv.child, "exit"))[0], 0);
     const both = serve(["--upstream", upstream.url, "--model", "x.gguf"]);
     assert.equal((await once(both.child, "exit"))[0], 1);
-    assert.match(both.err.join("\n"), /--upstream with --model is not supported yet/);
+    assert.match(both.err.join("\n"), /x\.gguf/);
     const bad = serve(["--upstream", "ftp://nowhere"]);
     assert.equal((await once(bad.child, "exit"))[0], 1);
     assert.match(bad.err.join("\n"), /upstreams\.0 must be an http\(s\) base URL/);
+  });
+
+  test("--model with --upstream: the local engine is one more member; /v1/models lists both", async () => {
+    const both = serve([
+      "--upstream",
+      upstream.url,
+      "--model",
+      BUNDLED_MODEL_PATH,
+      "--slots",
+      "2",
+      "--threads",
+      "1",
+      "--log-level",
+      "silent",
+    ]);
+    const url = await both.address;
+    const models = (await (await fetch(`${url}/v1/models`)).json()) as { data: { id: string }[] };
+    assert.deepEqual(
+      models.data.map((m) => m.id),
+      ["kjv-tiny.gguf", "scripted"],
+    );
+    const upstreams = (await (await fetch(`${url}/v1/upstreams`)).json()) as { data: { local: boolean }[] };
+    assert.deepEqual(
+      upstreams.data.map((u) => u.local),
+      [false, true],
+    );
+    both.child.kill("SIGTERM");
+    assert.equal((await once(both.child, "exit"))[0], 0);
   });
 });

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import fc from "fast-check";
 import { createStreamChannel } from "../../src/channel/index.ts";
-import { readEventStream } from "../../src/gateway/runAttempt.ts";
+import { readEventStream } from "../../src/gateway/readEventStream.ts";
 import { settle } from "../../src/gateway/streamFromUpstream.ts";
 import { UpstreamWriter } from "../../src/gateway/UpstreamWriter.ts";
 import type { StreamChunk } from "../../src/types.ts";
@@ -120,7 +120,7 @@ async function run(parts: Uint8Array[]) {
   const writer = new UpstreamWriter(producer);
   const outcome = await readEventStream(streamOf(parts), {
     accepted: () => writer.accepted(),
-    delta: (text, ids) => writer.push(text, ids),
+    chunk: (choices) => writer.chunk(choices),
   });
   settle(writer, outcome);
   const chunks: StreamChunk[] = [];

@@ -48,7 +48,7 @@ describe("gateway server: answers to upstream failures", () => {
     );
   });
 
-  test("bad JSON and n > 1 are 400s; nothing reaches the upstream", async () => {
+  test("bad JSON and a body that is not an object are 400s; nothing reaches the upstream", async () => {
     const s = await upstream((_req, res) => {
       res.end();
     });
@@ -56,9 +56,9 @@ describe("gateway server: answers to upstream failures", () => {
     const bad = await postJson(url, "/v1/completions", "{nope");
     assert.equal(bad.status, 400);
     assert.equal(((await bad.json()) as { error: { code: string } }).error.code, "invalid_json");
-    const n = await postJson(url, "/v1/completions", { prompt: "x", n: 2 });
-    assert.equal(n.status, 400);
-    assert.equal(((await n.json()) as { error: { param: string } }).error.param, "n");
+    const list = await postJson(url, "/v1/completions", [{ prompt: "x" }]);
+    assert.equal(list.status, 400);
+    assert.equal(((await list.json()) as { error: { code: string } }).error.code, "invalid_request");
     assert.equal(s.bodies.length, 0);
   });
 
