@@ -12,7 +12,7 @@ const WEIGHT = 0.05;
  * one-token draft cost more than it can bring (bench/speculative.ts: on the bundled model a one-token
  * draft about doubles a step, four more tokens add about half a step). Steps that read prompt tokens are
  * skipped; the two parts are a least-squares fit over recent drafting steps, each step's excess clipped to
- * four times what the model predicts so that a step slowed by another process does not switch drafting off.
+ * 1.5 times what the model predicts so that a step slowed by another process does not switch drafting off.
  */
 export class DraftCost {
   /** Step time per decoding item in steps without draft or prompt tokens, in ms. */
@@ -44,29 +44,31 @@ export class DraftCost {
       const sample = stepMs / decodes;
       const estimate = this.perDecode;
       this.perDecode =
-        estimate === undefined ? sample : estimate + WEIGHT * (Math.min(sample, 4 * estimate) - estimate);
+        estimate === undefined ? sample : estimate + WEIGHT * (Math.min(sample, 1.5 * estimate) - estimate);
       return;
     }
     if (this.perDecode === undefined) return;
     const m = drafting;
     const d = draftTokens;
     const predicted = this.fixed * m + this.perToken * d;
-    const y = Math.min(Math.max(0, stepMs / this.perDecode - decodes), 4 * predicted + 1);
+    // Clipped: a step slowed by another process moves the estimate by a few percent, never prices drafts out;
+    // a real change still gets through, a few percent per step.
+    const y = Math.min(Math.max(0, stepMs / this.perDecode - decodes), 1.5 * predicted + 0.5);
     this.#mm += WEIGHT * (m * m - this.#mm);
     this.#md += WEIGHT * (m * d - this.#md);
     this.#dd += WEIGHT * (d * d - this.#dd);
     this.#my += WEIGHT * (m * y - this.#my);
     this.#dy += WEIGHT * (d * y - this.#dy);
     const det = this.#mm * this.#dd - this.#md * this.#md;
-    if (det > 1e-6 * this.#mm * this.#dd) {
-      // Both parts identifiable: the draft lengths seen vary enough.
+    if (det > 0.02 * this.#mm * this.#dd) {
+      // Both parts identifiable: the draft lengths seen vary enough (not nearly proportional to the items).
       this.fixed = Math.max(0, (this.#my * this.#dd - this.#dy * this.#md) / det);
       this.perToken = Math.max(0.01, (this.#dy * this.#mm - this.#my * this.#md) / det);
     } else {
-      // Always the same length: keep the split, scale both to the measured total.
-      const scale = this.#dy / this.#dd / Math.max(1e-9, this.fixed * (this.#md / this.#dd) + this.perToken);
-      this.fixed *= scale;
-      this.perToken = Math.max(0.01, this.perToken * scale);
+      // Always the same draft length: the split cannot be told apart. The per-token part keeps its current
+      // value and the fixed part takes the rest: blaming the tokens would price longer drafts out for good
+      // (after one-token drafts on a compute-bound model no draft would ever be tried again to correct it).
+      this.fixed = Math.max(0, (this.#my - this.perToken * this.#md) / this.#mm);
     }
   }
 }

@@ -114,6 +114,18 @@ describe("draft length", () => {
     );
   });
 
+  test("after one-token drafts only, longer drafts are still tried once acceptance is high", () => {
+    // A compute-bound model: a drafting item costs a whole decode more, each token a third.
+    const cost = new DraftCost();
+    for (let i = 0; i < 200; i++) {
+      cost.observe(1, 1, 0, 0, 0);
+      cost.observe(1 + 1 + 0.3, 1, 1, 1, 0);
+    }
+    assert.ok(Math.abs(cost.costOf(1) - 2.3) < 0.05, String(cost.costOf(1)));
+    assert.equal(new DraftLength(8, 0.5).current(cost), 0);
+    assert.ok(new DraftLength(8, 0.95).current(cost) >= 4);
+  });
+
   test("at length 0 the drafter's guess is checked against the next token, and nothing is sent", () => {
     let guesses = 0;
     const drafter: RequestDrafter = {
