@@ -1,31 +1,12 @@
 import { randomUUID } from "node:crypto";
-import {
-  createServer as createHttpServer,
-  type IncomingMessage,
-  type Server,
-  type ServerResponse,
-} from "node:http";
-import type { AddressInfo } from "node:net";
-import type { Logger } from "pino";
+import type { Server } from "node:http";
 import { SluiceError } from "../errors.ts";
-import { type AccessRecord, createLogger, logAccess } from "../server/accessLog.ts";
-import { ANONYMOUS, ApiKeys } from "../server/auth.ts";
-import { bodyPending, ClientGone, readJsonBody, sendErrorUnread } from "../server/body.ts";
-import { ConnectionGuard } from "../server/connections.ts";
-import { createCors } from "../server/cors.ts";
-import { checkHost } from "../server/host.ts";
-import {
-  badRequest,
-  HttpError,
-  sendError,
-  sendJson,
-  toHttpError,
-  tooManyConnections,
-} from "../server/httpErrors.ts";
+import type { AccessRecord } from "../server/accessLog.ts";
+import { readJsonBody } from "../server/body.ts";
+import { HttpTransport, type ListenAddress } from "../server/HttpTransport.ts";
+import { badRequest, HttpError, sendJson } from "../server/httpErrors.ts";
 import { ServerMetrics } from "../server/metrics.ts";
-import { checkOrigin } from "../server/origin.ts";
-import { parseRequestTarget } from "../server/requestTarget.ts";
-import { type Handler, type RouteContext, Router } from "../server/router.ts";
+import { type RouteContext, Router } from "../server/router.ts";
 import {
   type ResolvedServerOptions,
   resolveServerOptions,
@@ -39,9 +20,6 @@ import { choicesOf } from "./streamFromUpstream.ts";
 import type { UpstreamPool } from "./UpstreamPool.ts";
 import type { GenerationKind } from "./upstreamEvent.ts";
 
-/** How long close() lets open streams deliver their terminal chunk before it cuts their connections. */
-const CLOSE_GRACE_MS = 2000;
-const DRAIN_BYTES = 16 * 1024 * 1024;
 const STARTED = Math.floor(Date.now() / 1000);
 
 /** Options that name or render a local model, which a gateway has none of. */
@@ -79,16 +57,9 @@ export class GatewayServer {
   readonly http: Server;
   readonly pool: UpstreamPool;
   readonly options: Readonly<ResolvedServerOptions>;
-  readonly #router: Router;
-  readonly #keys: ApiKeys;
-  readonly #connections: ConnectionGuard;
-  readonly #cors: ReturnType<typeof createCors>;
-  readonly #logger: Logger;
   readonly #metrics: ServerMetrics;
-  readonly #inflight = new Set<Promise<void>>();
+  readonly #transport: HttpTransport;
   readonly #generations = new Set<AbortController>();
-  #closing = false;
-  #closed: Promise<void> | undefined;
 
   constructor(pool: UpstreamPool, options: GatewayServerOptions = {}) {
     for (const name of MODEL_OPTIONS) {
@@ -103,13 +74,10 @@ export class GatewayServer {
     const resolved = resolveServerOptions(options);
     this.options = resolved;
     this.pool = pool;
-    this.#keys = new ApiKeys(resolved.apiKeys, resolved.adminApiKey);
-    this.#cors = createCors(resolved.corsOrigins);
-    this.#logger = createLogger(resolved.logLevel, resolved.logDestination);
     // The server's own metrics: the process's (CPU, memory, event-loop lag, GC), HTTP traffic, open
     // streams, and the local engine's runtime figures when the pool has one.
     this.#metrics = new ServerMetrics(() => pool.local);
-    this.#router = new Router()
+    const router = new Router()
       .add("POST", "/v1/chat/completions", (c) => this.#generate("chat", c))
       .add("POST", "/v1/completions", (c) => this.#generate("completion", c))
       .add("GET", "/v1/models", ({ res }) =>
@@ -137,34 +105,13 @@ export class GatewayServer {
       .add("GET", "/health", (c) => this.#health(c), { auth: false })
       .add("GET", "/health/ready", (c) => this.#health(c), { auth: false })
       .add("GET", "/health/live", ({ res }) => sendJson(res, 200, { status: "alive" }), { auth: false });
-    this.http = createHttpServer(
-      {
-        noDelay: true,
-        requireHostHeader: false,
-        headersTimeout: resolved.headersTimeoutMs,
-        requestTimeout: resolved.bodyTimeoutMs,
-        keepAliveTimeout: resolved.idleTimeoutMs,
-        connectionsCheckingInterval: Math.min(1000, Math.max(10, Math.floor(resolved.headersTimeoutMs / 10))),
-      },
-      (req, res) => this.#track(req, res),
-    );
-    this.#connections = new ConnectionGuard(this.http, resolved, (status) =>
-      this.#metrics.countHttp("unmatched", status),
-    );
+    this.#transport = new HttpTransport({ options: resolved, router, metrics: this.#metrics });
+    this.http = this.#transport.http;
   }
 
   /** Starts listening. Defaults: port 8080, host 127.0.0.1. */
-  listen(port = 8080, host = "127.0.0.1"): Promise<{ port: number; host: string; url: string }> {
-    return new Promise((resolve, reject) => {
-      const onError = (error: Error) => reject(error);
-      this.http.once("error", onError);
-      this.http.listen(port, host, () => {
-        this.http.off("error", onError);
-        const address = this.http.address() as AddressInfo;
-        const shown = address.family === "IPv6" ? `[${address.address}]` : address.address;
-        resolve({ port: address.port, host: address.address, url: `http://${shown}:${address.port}` });
-      });
-    });
+  listen(port = 8080, host = "127.0.0.1"): Promise<ListenAddress> {
+    return this.#transport.listen(port, host);
   }
 
   /**
@@ -172,30 +119,20 @@ export class GatewayServer {
    * `graceful`, the default, each stream gets its `cancelled` finish chunk and `[DONE]`). Idempotent.
    */
   close(options: { graceful?: boolean } = {}): Promise<void> {
-    this.#closed ??= (async () => {
-      this.#closing = true;
-      const stopped = new Promise<void>((resolve) => this.http.close(() => resolve()));
-      if (options.graceful === false) this.http.closeAllConnections();
+    return this.#transport.close(options.graceful ?? true, () => {
       for (const abort of this.#generations) abort.abort(GatewayCancel.shutdown);
-      const cut = setTimeout(() => this.http.closeAllConnections(), CLOSE_GRACE_MS);
-      cut.unref();
-      while (this.#inflight.size > 0) await Promise.allSettled([...this.#inflight]);
-      this.http.closeIdleConnections();
-      await stopped;
-      clearTimeout(cut);
-    })();
-    return this.#closed;
+    });
   }
 
   #health({ res }: RouteContext): void {
     const upstreams = this.pool.snapshot();
     const eligible = upstreams.filter((u) => u.eligible).length;
-    const status = this.#closing ? "shutting_down" : eligible > 0 ? "ok" : "no_upstream";
+    const status = this.#transport.closing ? "shutting_down" : eligible > 0 ? "ok" : "no_upstream";
     sendJson(res, status === "ok" ? 200 : 503, { status, upstreams: { eligible, total: upstreams.length } });
   }
 
   async #generate(kind: GenerationKind, { req, res, access }: RouteContext): Promise<void> {
-    if (this.#closing)
+    if (this.#transport.closing)
       throw new SluiceError("runtime_closed", "The gateway is shutting down; retry elsewhere.");
     const body = await readJsonBody(req, this.options.maxBodyBytes);
     if (typeof body !== "object" || body === null || Array.isArray(body)) {
@@ -258,71 +195,6 @@ export class GatewayServer {
       clearTimeout(deadline);
       res.off("close", onClose);
       this.#generations.delete(abort);
-    }
-  }
-
-  #track(req: IncomingMessage, res: ServerResponse): void {
-    this.#connections.track(req, res);
-    const task = this.#handle(req, res).catch(() => {
-      res.destroy();
-    });
-    this.#inflight.add(task);
-    void task.finally(() => this.#inflight.delete(task));
-  }
-
-  async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    let label = "unmatched";
-    const access: AccessRecord = {};
-    const started = performance.now();
-    res.once("close", () => {
-      this.#metrics.countHttp(label, res.statusCode);
-      if (!this.#logger.isLevelEnabled("info")) return;
-      const durationMs = Math.round((performance.now() - started) * 1000) / 1000;
-      const entry = { method: req.method ?? "", route: label, status: res.statusCode, durationMs };
-      logAccess(this.#logger, { ...entry, aborted: !res.writableFinished }, access);
-    });
-    if (this.#closing) res.setHeader("Connection", "close");
-    try {
-      const preflight = await this.#cors(req, res);
-      if (this.#connections.isExcess(req.socket)) throw tooManyConnections(this.options.maxConnections);
-      const target = parseRequestTarget(req.url);
-      checkOrigin(req, checkHost(req, target, this.options.allowedHosts), this.options.allowedOrigins);
-      if (preflight) {
-        label = "preflight";
-        res.writeHead(204, { "Content-Length": "0" }).end();
-        return;
-      }
-      const { url } = target;
-      const match = this.#router.match(req.method ?? "GET", url.pathname);
-      if (match.kind === "none") {
-        throw new HttpError(404, "not_found_error", "not_found", `No route ${req.method} ${url.pathname}.`);
-      }
-      if (match.kind === "method") {
-        throw new HttpError(
-          405,
-          "invalid_request_error",
-          "method_not_allowed",
-          `${url.pathname} does not accept ${req.method}; use ${match.allow.join(" or ")}.`,
-          null,
-          { Allow: match.allow.join(", ") },
-        );
-      }
-      const { route, params } = match;
-      label = route.pattern;
-      const caller = route.auth ? this.#keys.authenticate(req, true) : ANONYMOUS;
-      await (route.handler as Handler)({ req, res, url, params, caller, access });
-    } catch (error) {
-      if (error instanceof ClientGone) {
-        res.destroy();
-        return;
-      }
-      if (res.headersSent) {
-        res.destroy();
-        return;
-      }
-      const httpError = toHttpError(error);
-      if (!bodyPending(req)) sendError(res, httpError);
-      else await sendErrorUnread(req, res, httpError, Math.max(DRAIN_BYTES, this.options.maxBodyBytes));
     }
   }
 }
