@@ -1,5 +1,5 @@
-import { deleteRequest, errorOf, postChat } from "./api.js";
-import { readSse } from "./sse.js";
+import { postChat } from "./api.js";
+import { Generation, oncePerFrame, PHASE_TEXT, setText } from "./generation.js";
 
 /**
  * @typedef {{ body: Record<string, unknown> }} Settings
@@ -18,26 +18,12 @@ import { readSse } from "./sse.js";
  *   calls?: HTMLElement,
  * }} Turn
  *
- * One reply being generated. Its phase only moves forward:
- * sending → waiting (headers in, no token yet) → streaming → done; "stopping" may come in at any point
- * before done.
- * @typedef {{
- *   phase: "sending" | "waiting" | "streaming" | "stopping" | "done",
- *   controller: AbortController,
+ * One reply being generated (see Generation): the assistant's turn it fills and the question it answers.
+ * @typedef {Generation & {
  *   turn: Turn,
  *   question: Turn,
- *   id?: string,
- *   startedAt: number,
- *   firstAt?: number,
- *   lastAt?: number,
- *   chunks: number,
- *   finishReason?: string,
- *   sluice?: { reason: string, timings: { tokensPerSecond: number, firstTokenMs: number },
- *     cancel?: { stepsToFree: number, msToFree: number } },
  *   usage?: { prompt_tokens: number, completion_tokens: number,
  *     prompt_tokens_details?: { cached_tokens?: number } },
- *   aborted: boolean,
- *   error?: string,
  * }} Reply
  */
 
@@ -50,7 +36,7 @@ export class Chat {
   /** @type {Turn[]} */ #turns = [];
   /** @type {Reply | undefined} */ #reply;
   /** @type {() => Settings} */ #settings;
-  #renderQueued = false;
+  #scheduleRender = oncePerFrame(() => this.#render());
 
   /**
    * @param {{ log: HTMLElement, input: HTMLTextAreaElement, system: HTMLTextAreaElement,
@@ -90,60 +76,22 @@ export class Chat {
     const question = this.#add("user", input.value);
     input.value = "";
     const messages = this.#messages();
+    const turn = this.#add("assistant", "");
     /** @type {Reply} */
-    const reply = {
-      phase: "sending",
-      controller: new AbortController(),
-      turn: this.#add("assistant", ""),
-      question,
-      startedAt: performance.now(),
-      chunks: 0,
-      aborted: false,
-    };
+    const reply = Object.assign(new Generation(() => this.#render()), { turn, question });
     this.#reply = reply;
     this.elements.error.hidden = true;
     this.#render();
-    try {
-      const { body } = this.#settings();
-      const response = await postChat({ ...body, messages }, reply.controller.signal);
-      if (!response.ok || response.body === null) throw new Error(await errorOf(response));
-      reply.id = response.headers.get("X-Request-Id") ?? undefined;
-      this.#advance(reply, "waiting");
-      for await (const data of readSse(response.body)) {
-        if (data === "[DONE]") break;
-        this.#onEvent(reply, JSON.parse(data));
-      }
-      if (reply.finishReason === undefined && reply.error === undefined) {
-        reply.error = "The stream ended without a finish reason.";
-      }
-    } catch (error) {
-      // Our own abort (Stop's fallback) is a cancel, not a failure.
-      if (!reply.aborted) reply.error = error instanceof Error ? error.message : String(error);
-    } finally {
-      this.#finish(reply);
-    }
+    await reply.stream(
+      (signal) => postChat({ ...this.#settings().body, messages }, signal),
+      (event) => this.#onEvent(reply, event),
+    );
+    this.#finish(reply);
   }
 
-  /**
-   * Stops the reply through the server (DELETE): the stream's last chunk then carries the finish reason and
-   * the measured cancel latency. Closing the connection (which the server also takes as a cancel) is the
-   * fallback.
-   */
+  /** Stops the reply (see Generation.stop: through the server, so the numbers still come). */
   async stop() {
-    const reply = this.#reply;
-    if (reply === undefined || reply.phase === "done" || reply.phase === "stopping") return;
-    this.#advance(reply, "stopping");
-    if (reply.id !== undefined) {
-      try {
-        const status = await deleteRequest(reply.id);
-        // 404: it finished by itself meanwhile, and its own last chunk is already on the way.
-        if (status === 200 || status === 404) return;
-      } catch {
-        // The DELETE did not get through: fall back below.
-      }
-    }
-    reply.aborted = true;
-    reply.controller.abort();
+    await this.#reply?.stop();
   }
 
   /** A new conversation: stops a reply under way and empties the log. */
@@ -225,18 +173,15 @@ export class Chat {
     const delta = choice.delta ?? {};
     const { turn } = reply;
     if (typeof delta.content === "string" && delta.content !== "") {
-      const at = performance.now();
-      reply.firstAt ??= at;
-      reply.lastAt = at;
-      reply.chunks++;
+      reply.chunk();
       turn.content += delta.content;
       turn.text.appendData(delta.content);
-      this.#advance(reply, "streaming");
+      reply.advance("streaming");
       this.#scheduleRender();
     }
     if (Array.isArray(delta.tool_calls)) {
       for (const part of delta.tool_calls) this.#toolCall(turn, part);
-      this.#advance(reply, "streaming");
+      reply.advance("streaming");
     }
     if (choice.finish_reason) {
       reply.finishReason = choice.finish_reason;
@@ -270,17 +215,6 @@ export class Chat {
     this.#scroll();
   }
 
-  /**
-   * @param {Reply} reply
-   * @param {Reply["phase"]} phase
-   */
-  #advance(reply, phase) {
-    const order = ["sending", "waiting", "streaming", "stopping", "done"];
-    if (order.indexOf(phase) <= order.indexOf(reply.phase)) return;
-    reply.phase = phase;
-    this.#render();
-  }
-
   /** @param {Reply} reply */
   #finish(reply) {
     if (this.#reply !== reply) return;
@@ -295,16 +229,6 @@ export class Chat {
     if (!turn.sent) question.element.title = "Not part of the conversation: it got no reply.";
     this.#render();
     this.elements.input.focus();
-  }
-
-  /** Token chunks can arrive hundreds per second; the numbers need repainting once per frame at most. */
-  #scheduleRender() {
-    if (this.#renderQueued) return;
-    this.#renderQueued = true;
-    requestAnimationFrame(() => {
-      this.#renderQueued = false;
-      this.#render();
-    });
   }
 
   #render() {
@@ -342,19 +266,9 @@ export class Chat {
 
 /** @param {Reply} reply */
 function statusText(reply) {
-  switch (reply.phase) {
-    case "sending":
-      return "sending";
-    case "waiting":
-      return "waiting for the first token";
-    case "streaming":
-      return "streaming";
-    case "stopping":
-      return "stopping";
-    case "done":
-      if (reply.error !== undefined) return "error";
-      return reply.finishReason === "cancelled" || reply.aborted ? "stopped" : "done";
-  }
+  if (reply.phase !== "done") return PHASE_TEXT[reply.phase];
+  if (reply.error !== undefined) return "error";
+  return reply.finishReason === "cancelled" || reply.aborted ? "stopped" : "done";
 }
 
 /**
@@ -364,13 +278,7 @@ function statusText(reply) {
  */
 function metaText(reply) {
   const tokens = reply.usage?.completion_tokens ?? reply.chunks;
-  const live =
-    reply.chunks > 1 &&
-    reply.firstAt !== undefined &&
-    reply.lastAt !== undefined &&
-    reply.lastAt > reply.firstAt
-      ? ((reply.chunks - 1) * 1000) / (reply.lastAt - reply.firstAt)
-      : undefined;
+  const live = reply.liveRate;
   if (reply.phase !== "done") {
     const rate = live === undefined ? "" : ` · ${live.toFixed(0)} tok/s`;
     return reply.chunks === 0 ? statusText(reply) : `${tokens} tokens${rate} · ${statusText(reply)}`;
@@ -396,13 +304,4 @@ function metaText(reply) {
   else if (reply.finishReason === "length") parts.push("cut at max tokens");
   else if (reply.finishReason === "tool_calls") parts.push("tool calls");
   return parts.join(" · ");
-}
-
-/**
- * @param {Element} element
- * @param {string} text
- */
-function setText(element, text) {
-  // Writing the same text again would make screen readers announce it again.
-  if (element.textContent !== text) element.textContent = text;
 }

@@ -1,33 +1,9 @@
-import { deleteRequest, errorOf, postCompletion } from "./api.js";
-import { readSse } from "./sse.js";
+import { postCompletion } from "./api.js";
+import { Generation, oncePerFrame, PHASE_TEXT, setText } from "./generation.js";
 
 /**
  * @typedef {{ body: Record<string, unknown>, prompt: string }} Settings
- * @typedef {{ stepsToFree: number, msToFree: number, msToTerminal: number }} CancelLatency
- * @typedef {{
- *   reason: string,
- *   stop?: string | number,
- *   timings: { firstTokenMs: number, tokensPerSecond: number },
- *   cancel?: CancelLatency,
- * }} SluiceExtension
- *
- * One generation. Its phase only moves forward:
- * sending → waiting (headers in, no token yet) → streaming → done; "stopping" may come in at any point
- * before done.
- * @typedef {{
- *   phase: "sending" | "waiting" | "streaming" | "stopping" | "done",
- *   controller: AbortController,
- *   id?: string,
- *   startedAt: number,
- *   firstAt?: number,
- *   lastAt?: number,
- *   chunks: number,
- *   finishReason?: string,
- *   sluice?: SluiceExtension,
- *   completionTokens?: number,
- *   aborted: boolean,
- *   error?: string,
- * }} Run
+ * @typedef {Generation & { completionTokens?: number }} Run one generation (see Generation)
  */
 
 const NONE = "–";
@@ -39,7 +15,7 @@ export class Pane {
   /** @type {Run | undefined} */ #run;
   /** @type {Record<string, HTMLElement>} */ #stats = {};
   /** @type {Text} */ #text;
-  #renderQueued = false;
+  #scheduleRender = oncePerFrame(() => this.#render());
   /** Whether the text view sticks to the end as it grows; scrolling up to read turns it off. */
   #follow = true;
   /** Where following last put the view: a scroll event above it came from the reader. */
@@ -101,58 +77,19 @@ export class Pane {
     const override = this.override.value;
     const text = override.trim() === "" ? prompt : override;
     /** @type {Run} */
-    const run = {
-      phase: "sending",
-      controller: new AbortController(),
-      startedAt: now(),
-      chunks: 0,
-      aborted: false,
-    };
+    const run = new Generation(() => this.#render());
     this.#run = run;
     this.#reset(text);
-    try {
-      const response = await postCompletion({ ...body, prompt: text }, run.controller.signal);
-      if (!response.ok || response.body === null) throw new Error(await errorOf(response));
-      run.id = response.headers.get("X-Request-Id") ?? undefined;
-      this.#advance(run, "waiting");
-      for await (const data of readSse(response.body)) {
-        if (data === "[DONE]") break;
-        this.#onEvent(run, JSON.parse(data));
-      }
-      if (run.finishReason === undefined && run.error === undefined) {
-        run.error = "The stream ended without a finish reason.";
-      }
-    } catch (error) {
-      // Our own abort (Stop's fallback) is a cancel, not a failure.
-      if (!run.aborted) run.error = error instanceof Error ? error.message : String(error);
-    } finally {
-      this.#finish(run);
-    }
+    await run.stream(
+      (signal) => postCompletion({ ...body, prompt: text }, signal),
+      (event) => this.#onEvent(run, event),
+    );
+    this.#finish(run);
   }
 
-  /**
-   * Stops the generation through the server (DELETE), then keeps reading: the stream's last chunk carries
-   * the finish reason and the measured cancel latency. Closing the connection is only the fallback.
-   */
+  /** Stops the generation (see Generation.stop: through the server, so the numbers still come). */
   async stop() {
-    const run = this.#run;
-    if (run === undefined || run.phase === "done" || run.phase === "stopping") return;
-    this.#advance(run, "stopping");
-    if (run.id === undefined) return this.#abort(run);
-    try {
-      const status = await deleteRequest(run.id);
-      // 404: it finished by itself meanwhile, and its own last chunk is already on the way.
-      if (status === 200 || status === 404) return;
-    } catch {
-      // The DELETE did not get through: fall back below.
-    }
-    this.#abort(run);
-  }
-
-  /** @param {Run} run */
-  #abort(run) {
-    run.aborted = true;
-    run.controller.abort();
+    await this.#run?.stop();
   }
 
   /**
@@ -170,29 +107,15 @@ export class Pane {
     const choice = event.choices?.[0];
     if (choice === undefined) return;
     if (typeof choice.text === "string" && choice.text !== "") {
-      const at = now();
-      run.firstAt ??= at;
-      run.lastAt = at;
-      run.chunks++;
+      run.chunk();
       this.#text.appendData(choice.text);
-      this.#advance(run, "streaming");
+      run.advance("streaming");
       this.#scheduleRender();
     }
     if (choice.finish_reason) {
       run.finishReason = choice.finish_reason;
       run.sluice = event.sluice;
     }
-  }
-
-  /**
-   * @param {Run} run
-   * @param {Run["phase"]} phase
-   */
-  #advance(run, phase) {
-    const order = ["sending", "waiting", "streaming", "stopping", "done"];
-    if (order.indexOf(phase) <= order.indexOf(run.phase)) return;
-    run.phase = phase;
-    this.#render();
   }
 
   /** @param {Run} run */
@@ -213,16 +136,6 @@ export class Pane {
     this.#render();
   }
 
-  /** Token chunks can arrive hundreds per second; the numbers need repainting once per frame at most. */
-  #scheduleRender() {
-    if (this.#renderQueued) return;
-    this.#renderQueued = true;
-    requestAnimationFrame(() => {
-      this.#renderQueued = false;
-      this.#render();
-    });
-  }
-
   #render() {
     const run = this.#run;
     const busy = this.busy;
@@ -232,10 +145,7 @@ export class Pane {
     if (run === undefined) return;
     const final = run.phase === "done" ? run.sluice : undefined;
     const tokens = run.completionTokens ?? run.chunks;
-    const liveRate =
-      run.chunks > 1 && run.firstAt !== undefined && run.lastAt !== undefined && run.lastAt > run.firstAt
-        ? ((run.chunks - 1) * 1000) / (run.lastAt - run.firstAt)
-        : undefined;
+    const liveRate = run.liveRate;
     const rate = final !== undefined && tokens > 0 ? final.timings.tokensPerSecond : liveRate;
     const firstToken =
       final !== undefined && tokens > 0
@@ -269,14 +179,9 @@ export class Pane {
   #set(name, text, value) {
     const dd = this.#stats[name];
     if (dd === undefined) return;
-    // Writing the same text again would make screen readers announce it again.
-    if (dd.textContent !== text) dd.textContent = text;
+    setText(dd, text);
     if (value !== undefined) dd.dataset.value = value;
   }
-}
-
-function now() {
-  return performance.now();
 }
 
 /** @param {number} value */
@@ -286,19 +191,9 @@ function ms(value) {
 
 /** @param {Run} run */
 function statusText(run) {
-  switch (run.phase) {
-    case "sending":
-      return "sending";
-    case "waiting":
-      return "waiting for the first token";
-    case "streaming":
-      return "streaming";
-    case "stopping":
-      return "stopping";
-    case "done":
-      if (run.error !== undefined) return "error";
-      return run.finishReason === "cancelled" ? "stopped" : "done";
-  }
+  if (run.phase !== "done") return PHASE_TEXT[run.phase];
+  if (run.error !== undefined) return "error";
+  return run.finishReason === "cancelled" ? "stopped" : "done";
 }
 
 /** @param {Run} run */
