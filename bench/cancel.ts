@@ -17,7 +17,6 @@
  *   node --expose-gc --import tsx bench/cancel.ts [--quick] [--model bundled,edge] [--threads N] [--seed N]
  */
 import { LlamaCompletion, type Token } from "node-llama-cpp";
-import { Runtime } from "../src/runtime/Runtime.ts";
 import {
   nlcTrial,
   type Scenario,
@@ -28,7 +27,7 @@ import {
 } from "./cancelTrials.ts";
 import { barChart, renderSvg } from "./chart.ts";
 import { longPromptTokens, SHORT_PROMPTS } from "./corpus.ts";
-import { nlcContext, RuntimeWatch } from "./drivers.ts";
+import { enginePair, RuntimeWatch } from "./drivers.ts";
 import {
   benchArgs,
   type Distribution,
@@ -116,13 +115,8 @@ async function runModel(spec: BenchModel, plan: Plan, seed: number, quick: boole
   const longLength = quick && spec.name === "edge" ? spec.longPrompt / 4 : spec.longPrompt;
   try {
     for (const streams of plan.concurrency) {
-      const runtime = await Runtime.create({
-        model: spec.path,
-        slots: streams,
-        contextSize: spec.contextSize,
-        threads: spec.threads,
-      });
-      const nlc = await nlcContext(loaded, spec, streams);
+      const pair = await enginePair(loaded, spec, streams);
+      const { runtime, nlc } = pair;
       const sides: Sides = {
         runtime,
         watch: new RuntimeWatch(runtime),
@@ -179,8 +173,7 @@ async function runModel(spec: BenchModel, plan: Plan, seed: number, quick: boole
         }
       } finally {
         sides.watch.close();
-        await runtime.close();
-        await nlc.dispose();
+        await pair.close();
       }
     }
   } finally {

@@ -10,10 +10,8 @@
  * Both models by default; --quick runs the bundled one only.
  */
 import type { Token } from "node-llama-cpp";
-import { Runtime } from "../src/runtime/Runtime.ts";
 import { lineChart, renderSvg } from "./chart.ts";
-import { SHORT_PROMPTS } from "./corpus.ts";
-import { countDecodes, gaps, nlcContext, readStream } from "./drivers.ts";
+import { countDecodes, enginePair, gaps, readStream, shortPrompts } from "./drivers.ts";
 import {
   benchArgs,
   describeMachine,
@@ -27,7 +25,7 @@ import {
   ratio,
   writeResults,
 } from "./harness.ts";
-import { type BenchModel, type BenchModelName, benchModel, loadModel, withBos } from "./models.ts";
+import { type BenchModel, type BenchModelName, benchModel, loadModel } from "./models.ts";
 
 const LEVELS = [1, 2, 4, 8, 16];
 
@@ -85,17 +83,10 @@ async function runModel(spec: BenchModel, quick: boolean): Promise<Level[]> {
   const rounds = quick ? 1 : edge ? 2 : 5;
   try {
     for (const streams of quick ? [1, 4, 16] : LEVELS) {
-      const runtime = await Runtime.create({
-        model: spec.path,
-        slots: streams,
-        contextSize: spec.contextSize,
-        threads: spec.threads,
-      });
-      const nlc = await nlcContext(loaded, spec, streams);
+      const pair = await enginePair(loaded, spec, streams);
+      const { runtime, nlc } = pair;
       const decodes = countDecodes(nlc.context);
-      const prompts = Array.from({ length: streams }, (_, i) =>
-        withBos(loaded, loaded.tokenize(SHORT_PROMPTS[i % SHORT_PROMPTS.length]!)),
-      );
+      const prompts = shortPrompts(loaded, streams);
       const sluiceRun = async (): Promise<RunStats> => {
         const steps = runtime.steps;
         const started = performance.now();
@@ -132,7 +123,7 @@ async function runModel(spec: BenchModel, quick: boolean): Promise<Level[]> {
         );
         const wallMs = performance.now() - started;
         const batches = decodes === undefined || before === undefined ? undefined : decodes.count - before;
-        await Promise.all(nlc.sequences.map((sequence) => sequence.clearHistory()));
+        await nlc.clearHistory();
         return { wallMs, ttft: times.map((t) => t[0]! - started), itl: times.flatMap(gaps), batches };
       };
       try {
@@ -164,8 +155,7 @@ async function runModel(spec: BenchModel, quick: boolean): Promise<Level[]> {
         });
         process.stdout.write(".");
       } finally {
-        await runtime.close();
-        await nlc.dispose();
+        await pair.close();
       }
     }
   } finally {

@@ -2,13 +2,14 @@
  * How the engine benchmarks drive each side: Sluice through its public Runtime and channels, node-llama-cpp
  * through its own API with its default batching (what its users get). Both read the same token ids.
  */
-import type { LlamaContext, LlamaContextSequence } from "node-llama-cpp";
+import type { LlamaContext, LlamaContextSequence, Token } from "node-llama-cpp";
 import type { StreamChannel } from "../src/channel/index.ts";
 import type { StepItem } from "../src/engine/Engine.ts";
 import type { RequestRecord } from "../src/runtime/RequestState.ts";
-import type { Runtime } from "../src/runtime/Runtime.ts";
+import { Runtime } from "../src/runtime/Runtime.ts";
 import type { FinishReason } from "../src/types.ts";
-import type { BenchModel, LoadedModel } from "./models.ts";
+import { SHORT_PROMPTS } from "./corpus.ts";
+import { type BenchModel, type LoadedModel, withBos } from "./models.ts";
 
 export interface StepEvent {
   step: number;
@@ -80,6 +81,8 @@ export async function readStream(channel: StreamChannel, onFirstToken?: () => vo
 export interface NlcContext {
   context: LlamaContext;
   sequences: LlamaContextSequence[];
+  /** Clears every sequence's history, so that the next round starts from an empty context. */
+  clearHistory(): Promise<void>;
   dispose(): Promise<void>;
 }
 
@@ -98,7 +101,75 @@ export async function nlcContext(
     threads: spec.threads,
   });
   const list = Array.from({ length: sequences }, () => context.getSequence());
-  return { context, sequences: list, dispose: () => context.dispose() };
+  return {
+    context,
+    sequences: list,
+    clearHistory: async () => {
+      await Promise.all(list.map((sequence) => sequence.clearHistory()));
+    },
+    dispose: () => context.dispose(),
+  };
+}
+
+/** Both sides of a comparison at one slot count: Sluice's runtime and node-llama-cpp's context, alike. */
+export interface EnginePair {
+  runtime: Runtime;
+  nlc: NlcContext;
+  /** Closes the runtime, then disposes the context (the loaded model stays the caller's). */
+  close(): Promise<void>;
+}
+
+/**
+ * A Sluice runtime with `slots` slots and a node-llama-cpp context with as many sequences (`nlcContext`),
+ * with the same model file, context size and threads.
+ */
+export async function enginePair(loaded: LoadedModel, spec: BenchModel, slots: number): Promise<EnginePair> {
+  const runtime = await Runtime.create({
+    model: spec.path,
+    slots,
+    contextSize: spec.contextSize,
+    threads: spec.threads,
+  });
+  const nlc = await nlcContext(loaded, spec, slots);
+  return {
+    runtime,
+    nlc,
+    close: async () => {
+      await runtime.close();
+      await nlc.dispose();
+    },
+  };
+}
+
+/** `count` short prompts (the corpus's, in turn), tokenized with BOS where the model wants one. */
+export function shortPrompts(loaded: LoadedModel, count: number): Token[][] {
+  return Array.from({ length: count }, (_, i) =>
+    withBos(loaded, loaded.tokenize(SHORT_PROMPTS[i % SHORT_PROMPTS.length]!)),
+  );
+}
+
+/**
+ * The bare node-llama-cpp lockstep loop: one greedy `evaluate()` generator per sequence, every sequence's
+ * next token awaited together, `tokens` times: the engine work alone. Returns each sequence's token ids;
+ * the sequences keep their history (`NlcContext.clearHistory()` before the next round).
+ */
+export async function lockstepLoop(
+  sequences: readonly LlamaContextSequence[],
+  prompts: readonly (readonly Token[])[],
+  tokens: number,
+): Promise<number[][]> {
+  const iterators = sequences.map((sequence, i) =>
+    sequence.evaluate(prompts[i]! as Token[], { temperature: 0, yieldEogToken: true }),
+  );
+  const ids: number[][] = iterators.map(() => []);
+  for (let n = 0; n < tokens; n++) {
+    const next = await Promise.all(iterators.map((iterator) => iterator.next()));
+    next.forEach((step, i) => {
+      if (step.done !== true) ids[i]!.push(step.value);
+    });
+  }
+  await Promise.all(iterators.map((iterator) => iterator.return()));
+  return ids;
 }
 
 /** Gaps between consecutive token arrivals, in ms. */

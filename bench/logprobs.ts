@@ -10,11 +10,8 @@
  *
  *   node --expose-gc --import tsx bench/logprobs.ts [--quick] [--model bundled,edge] [--threads N]
  */
-import type { Token } from "node-llama-cpp";
-import { Runtime } from "../src/runtime/Runtime.ts";
 import type { GenerationRequest } from "../src/types.ts";
-import { SHORT_PROMPTS } from "./corpus.ts";
-import { nlcContext } from "./drivers.ts";
+import { enginePair, lockstepLoop, shortPrompts } from "./drivers.ts";
 import {
   benchArgs,
   compare,
@@ -25,7 +22,7 @@ import {
   type Row,
   writeResults,
 } from "./harness.ts";
-import { type BenchModel, benchModel, loadModel, withBos } from "./models.ts";
+import { type BenchModel, benchModel, loadModel } from "./models.ts";
 
 const SLOTS = [1, 4];
 const SETTINGS: { name: string; logprobs: number | undefined }[] = [
@@ -55,16 +52,9 @@ async function runModel(spec: BenchModel, quick: boolean): Promise<Result[]> {
   const runs = quick ? 2 : spec.name === "edge" ? 3 : 11;
   try {
     for (const slots of SLOTS) {
-      const runtime = await Runtime.create({
-        model: spec.path,
-        slots,
-        contextSize: spec.contextSize,
-        threads: spec.threads,
-      });
-      const nlc = await nlcContext(loaded, spec, slots);
-      const prompts = Array.from({ length: slots }, (_, i) =>
-        withBos(loaded, loaded.tokenize(SHORT_PROMPTS[i % SHORT_PROMPTS.length]!)),
-      );
+      const pair = await enginePair(loaded, spec, slots);
+      const { runtime, nlc } = pair;
+      const prompts = shortPrompts(loaded, slots);
       const outputs = new Map<string, string>();
       try {
         const sluice = (name: string, logprobs: number | undefined) => async () => {
@@ -92,18 +82,8 @@ async function runModel(spec: BenchModel, quick: boolean): Promise<Result[]> {
           outputs.set(name, JSON.stringify(ids));
         };
         const bare = async () => {
-          const iterators = nlc.sequences.map((sequence, i) =>
-            sequence.evaluate(prompts[i]! as Token[], { temperature: 0, yieldEogToken: true }),
-          );
-          const ids: number[][] = iterators.map(() => []);
-          for (let n = 0; n < tokensPerStream; n++) {
-            const next = await Promise.all(iterators.map((iterator) => iterator.next()));
-            next.forEach((step, i) => {
-              if (step.done !== true) ids[i]!.push(step.value);
-            });
-          }
-          await Promise.all(iterators.map((iterator) => iterator.return()));
-          await Promise.all(nlc.sequences.map((sequence) => sequence.clearHistory()));
+          const ids = await lockstepLoop(nlc.sequences, prompts, tokensPerStream);
+          await nlc.clearHistory();
           outputs.set("bare", JSON.stringify(ids));
         };
         const cases = [
@@ -133,8 +113,7 @@ async function runModel(spec: BenchModel, quick: boolean): Promise<Result[]> {
         results.push(result);
         process.stdout.write(".");
       } finally {
-        await runtime.close();
-        await nlc.dispose();
+        await pair.close();
       }
     }
   } finally {

@@ -19,8 +19,8 @@ import { BUNDLED_MODEL_PATH } from "../src/engine/modelPath.ts";
 import { ScriptedEngine } from "../src/engine/ScriptedEngine.ts";
 import { Runtime } from "../src/runtime/Runtime.ts";
 import { barChart, renderSvg } from "./chart.ts";
-import { greedyTokenize, KJV, SHORT_PROMPTS } from "./corpus.ts";
-import { countDecodes, nlcContext } from "./drivers.ts";
+import { greedyTokenize, KJV } from "./corpus.ts";
+import { countDecodes, enginePair, lockstepLoop, shortPrompts } from "./drivers.ts";
 import {
   benchArgs,
   compare,
@@ -31,7 +31,7 @@ import {
   type Row,
   writeResults,
 } from "./harness.ts";
-import { type BenchModel, type BenchModelName, benchModel, loadModel, withBos } from "./models.ts";
+import { type BenchModel, type BenchModelName, benchModel, loadModel } from "./models.ts";
 
 const SLOTS = [1, 4];
 /** A stop string that never matches KJV text: the matcher runs on every token without ending anything. */
@@ -70,16 +70,9 @@ async function runModel(spec: BenchModel, quick: boolean): Promise<Config[]> {
   const runs = quick ? 2 : spec.name === "edge" ? 3 : 15;
   try {
     for (const slots of SLOTS) {
-      const runtime = await Runtime.create({
-        model: spec.path,
-        slots,
-        contextSize: spec.contextSize,
-        threads: spec.threads,
-      });
-      const nlc = await nlcContext(loaded, spec, slots);
-      const prompts = Array.from({ length: slots }, (_, i) =>
-        withBos(loaded, loaded.tokenize(SHORT_PROMPTS[i % SHORT_PROMPTS.length]!)),
-      );
+      const pair = await enginePair(loaded, spec, slots);
+      const { runtime, nlc } = pair;
+      const prompts = shortPrompts(loaded, slots);
       const outputs: number[][][] = [];
       const batches = countDecodes(nlc.context);
       const perRun = new Map<string, number[]>();
@@ -114,19 +107,9 @@ async function runModel(spec: BenchModel, quick: boolean): Promise<Config[]> {
         };
         const lockstep = async () => {
           const before = batches?.count ?? 0;
-          const iterators = nlc.sequences.map((sequence, i) =>
-            sequence.evaluate(prompts[i]! as Token[], { temperature: 0, yieldEogToken: true }),
-          );
-          const ids: number[][] = iterators.map(() => []);
-          for (let n = 0; n < tokensPerStream; n++) {
-            const next = await Promise.all(iterators.map((iterator) => iterator.next()));
-            next.forEach((step, i) => {
-              if (step.done !== true) ids[i]!.push(step.value);
-            });
-          }
-          await Promise.all(iterators.map((iterator) => iterator.return()));
+          const ids = await lockstepLoop(nlc.sequences, prompts, tokensPerStream);
           note("lockstep", (batches?.count ?? 0) - before);
-          await Promise.all(nlc.sequences.map((sequence) => sequence.clearHistory()));
+          await nlc.clearHistory();
           outputs[1] = ids;
         };
         const perSequence = async () => {
@@ -146,7 +129,7 @@ async function runModel(spec: BenchModel, quick: boolean): Promise<Config[]> {
             }),
           );
           note("per sequence", (batches?.count ?? 0) - before);
-          await Promise.all(nlc.sequences.map((sequence) => sequence.clearHistory()));
+          await nlc.clearHistory();
           outputs[2] = ids;
         };
         const cases = [
@@ -190,8 +173,7 @@ async function runModel(spec: BenchModel, quick: boolean): Promise<Config[]> {
         });
         process.stdout.write(".");
       } finally {
-        await runtime.close();
-        await nlc.dispose();
+        await pair.close();
       }
     }
   } finally {
