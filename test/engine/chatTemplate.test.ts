@@ -12,6 +12,7 @@ import { BUNDLED_CHAT_MODEL_PATH } from "../../src/engine/modelPath.ts";
 import { SluiceError } from "../../src/errors.ts";
 import { Runtime } from "../../src/runtime/Runtime.ts";
 import { ToolCallParser } from "../../src/server/ToolCallParser.ts";
+import { VERSE_TOOLS as TOOLS } from "../helpers/tools.ts";
 
 // A tokenizer without a model: control tokens are ids 0-3, every other character is 1000 + its code point.
 const SPECIAL = ["<|im_start|>", "<|im_end|>", "<s>", "</s>"];
@@ -267,26 +268,6 @@ describe("jinjaChatTemplate", () => {
 describe("the bundled chat model's template (kjv-chat.gguf)", () => {
   let runtime: Runtime;
   let template: ChatTemplate;
-  const TOOLS: ToolDefinition[] = [
-    {
-      name: "get_verse",
-      description: "Gets a verse of the King James Bible.",
-      parameters: {
-        type: "object",
-        properties: { book: { type: "string" }, chapter: { type: "integer" }, verse: { type: "integer" } },
-        required: ["book", "chapter", "verse"],
-      },
-    },
-    {
-      name: "count_verses",
-      description: "Counts the verses of a chapter.",
-      parameters: {
-        type: "object",
-        properties: { book: { type: "string" }, chapter: { type: "integer" } },
-        required: ["book", "chapter"],
-      },
-    },
-  ];
 
   before(async () => {
     runtime = await Runtime.create({

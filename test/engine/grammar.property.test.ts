@@ -4,6 +4,7 @@ import { Ajv } from "ajv";
 import fc from "fast-check";
 import { BUNDLED_MODEL_PATH } from "../../src/engine/modelPath.ts";
 import { Runtime } from "../../src/runtime/Runtime.ts";
+import { objectSchema, propertyEntries } from "../helpers/schemas.ts";
 
 // Real engine: random schemas from the enforceable subset, sampled at temperature 1 so that the model's
 // own preferences do not decide the shape of the output; the grammar must.
@@ -27,20 +28,13 @@ const leaf = fc.oneof(
   fc.constant({ type: ["string", "null"], maxLength: 4 }),
 );
 
+const NAMES = ["book", "chapter", "verse", "text", "ok"];
+
 const schema: fc.Arbitrary<Record<string, unknown>> = fc.letrec((tie) => ({
   node: fc.oneof({ maxDepth: 2, withCrossShrink: true }, leaf, tie("object"), tie("array"), tie("anyOf")),
-  object: fc
-    .uniqueArray(fc.tuple(fc.constantFrom("book", "chapter", "verse", "text", "ok"), tie("node")), {
-      minLength: 1,
-      maxLength: 3,
-      selector: ([name]) => name,
-    })
-    .map((entries) => ({
-      type: "object",
-      properties: Object.fromEntries(entries),
-      required: entries.map(([name]) => name),
-      additionalProperties: false,
-    })),
+  object: propertyEntries(NAMES, tie("node"), { minLength: 1, maxLength: 3 }).map((entries) =>
+    objectSchema(entries),
+  ),
   array: fc
     .tuple(tie("node"), fc.integer({ min: 0, max: 2 }))
     .map(([items, minItems]) => ({ type: "array", items, minItems, maxItems: minItems + 1 })),
@@ -48,18 +42,9 @@ const schema: fc.Arbitrary<Record<string, unknown>> = fc.letrec((tie) => ({
 })).node as fc.Arbitrary<Record<string, unknown>>;
 
 // Objects at the top, as response_format requires.
-const topLevel = fc
-  .uniqueArray(fc.tuple(fc.constantFrom("book", "chapter", "verse", "text", "ok"), schema), {
-    minLength: 1,
-    maxLength: 2,
-    selector: ([name]) => name,
-  })
-  .map((entries) => ({
-    type: "object",
-    properties: Object.fromEntries(entries),
-    required: entries.map(([name]) => name),
-    additionalProperties: false,
-  }));
+const topLevel = propertyEntries(NAMES, schema, { minLength: 1, maxLength: 2 }).map((entries) =>
+  objectSchema(entries),
+);
 
 test("every completion under a random JSON schema parses and validates; a cancelled one is a prefix of one", async () => {
   const ajv = new Ajv({ strict: false });

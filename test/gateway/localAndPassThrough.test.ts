@@ -6,26 +6,14 @@ import { BUNDLED_CHAT_MODEL_PATH } from "../../src/engine/modelPath.ts";
 import { createGatewayServer, type GatewayServer, UpstreamPool } from "../../src/gateway/index.ts";
 import type { RequestRecord } from "../../src/runtime/RequestState.ts";
 import { Runtime } from "../../src/runtime/Runtime.ts";
+import { VERSE_FUNCTION_TOOLS } from "../helpers/tools.ts";
 import { cancelsWithinOneStep, idle, post, scrape, textOf } from "../server/client.ts";
 
 // One gateway over a local engine (a Runtime in this process: the bundled chat model, 2 slots, 1 thread) and
 // one real `sluice serve` of the same model. Nothing scripted: the local member, the pass-through of tool
 // calls, log-probabilities and n > 1, and cancellation are all checked on real engines.
 
-const TOOLS = [
-  {
-    type: "function" as const,
-    function: {
-      name: "get_verse",
-      description: "Gets a verse of the King James Bible.",
-      parameters: {
-        type: "object",
-        properties: { book: { type: "string" }, chapter: { type: "integer" }, verse: { type: "integer" } },
-        required: ["book", "chapter", "verse"],
-      },
-    },
-  },
-];
+const TOOLS = [VERSE_FUNCTION_TOOLS[0]!];
 const ASK = [{ role: "user" as const, content: "What does John 3:16 say?" }];
 const MODEL = "kjv-chat.gguf";
 

@@ -1,12 +1,22 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import fc from "fast-check";
-import OpenAI from "openai";
-import { BUNDLED_MODEL_PATH } from "../../src/engine/modelPath.ts";
+import type OpenAI from "openai";
 import type { ScriptedEngine, ScriptedStep } from "../../src/engine/ScriptedEngine.ts";
-import { Runtime } from "../../src/runtime/Runtime.ts";
+import type { Runtime } from "../../src/runtime/Runtime.ts";
 import { scriptedRuntime } from "../helpers/scripted.ts";
-import { cancelsWithinOneStep, Ends, idle, post, type Served, type SseEvent, send, serve } from "./client.ts";
+import {
+  cancelsWithinOneStep,
+  Ends,
+  idle,
+  type ModelServer,
+  post,
+  type Served,
+  type SseEvent,
+  send,
+  serve,
+  serveModel,
+} from "./client.ts";
 
 const PROMPT = "Genesis 1\n1 In the beginning";
 
@@ -35,16 +45,13 @@ describe("n > 1 on the real engine: choices, usage, and one cancel for all of th
   let ends: Ends;
   let client: OpenAI;
 
+  let real: ModelServer;
   before(async () => {
-    runtime = await Runtime.create({ model: BUNDLED_MODEL_PATH, slots: 2, threads: 1, contextSize: 512 });
+    real = await serveModel();
+    ({ runtime, served, client } = real);
     ends = new Ends(runtime);
-    served = await serve(runtime);
-    client = new OpenAI({ baseURL: `${served.url}/v1`, apiKey: "none", maxRetries: 0 });
   });
-  after(async () => {
-    await served.server.close();
-    await runtime.close();
-  });
+  after(() => real.close());
 
   test("completions n=3 through the client: three choices indexed 0-2; the prompt counted once", async () => {
     const one = await client.completions.create({

@@ -2,8 +2,10 @@ import { request as httpRequest, type IncomingHttpHeaders } from "node:http";
 import { connect, type Socket } from "node:net";
 import { Worker } from "node:worker_threads";
 import { createParser } from "eventsource-parser";
+import OpenAI from "openai";
+import { BUNDLED_MODEL_PATH } from "../../src/engine/modelPath.ts";
 import type { RequestRecord } from "../../src/runtime/RequestState.ts";
-import type { Runtime } from "../../src/runtime/Runtime.ts";
+import { Runtime } from "../../src/runtime/Runtime.ts";
 import { createServer, type ServerOptions, type SluiceServer } from "../../src/server/index.ts";
 
 export interface Served {
@@ -15,6 +17,34 @@ export async function serve(runtime: Runtime, options: ServerOptions = {}): Prom
   const server = createServer(runtime, options);
   const { url } = await server.listen(0, "127.0.0.1");
   return { server, url };
+}
+
+/** A real runtime (2 slots, 1 thread), a server over it, and the official client pointed at that server. */
+export interface ModelServer {
+  runtime: Runtime;
+  served: Served;
+  client: OpenAI;
+  /** Closes the server, then the runtime. */
+  close(): Promise<void>;
+}
+
+/** Starts a `ModelServer` on `model` (defaults to the bundled model) with `contextSize` (defaults to 512). */
+export async function serveModel(
+  options: { model?: string; contextSize?: number } = {},
+): Promise<ModelServer> {
+  const { model = BUNDLED_MODEL_PATH, contextSize = 512 } = options;
+  const runtime = await Runtime.create({ model, slots: 2, threads: 1, contextSize });
+  const served = await serve(runtime);
+  const client = new OpenAI({ baseURL: `${served.url}/v1`, apiKey: "none", maxRetries: 0 });
+  return {
+    runtime,
+    served,
+    client,
+    close: async () => {
+      await served.server.close();
+      await runtime.close();
+    },
+  };
 }
 
 /** One parsed SSE event: the JSON of a `data:` line, or the string "[DONE]". */

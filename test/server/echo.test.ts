@@ -1,9 +1,8 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import OpenAI from "openai";
-import { BUNDLED_MODEL_PATH } from "../../src/engine/modelPath.ts";
-import { Runtime } from "../../src/runtime/Runtime.ts";
-import { post, type Served, send, serve, textOf } from "./client.ts";
+import type OpenAI from "openai";
+import type { Runtime } from "../../src/runtime/Runtime.ts";
+import { type ModelServer, post, type Served, send, serveModel, textOf } from "./client.ts";
 
 // Real engine, greedy: the echoed text is the prompt followed by exactly what the same request without echo
 // generates.
@@ -14,15 +13,12 @@ let served: Served;
 let client: OpenAI;
 
 describe("echo: completions give the prompt back in front of the text", () => {
+  let real: ModelServer;
   before(async () => {
-    runtime = await Runtime.create({ model: BUNDLED_MODEL_PATH, slots: 2, threads: 1, contextSize: 512 });
-    served = await serve(runtime);
-    client = new OpenAI({ baseURL: `${served.url}/v1`, apiKey: "none", maxRetries: 0 });
+    real = await serveModel();
+    ({ runtime, served, client } = real);
   });
-  after(async () => {
-    await served.server.close();
-    await runtime.close();
-  });
+  after(() => real.close());
 
   test("non-streamed, through the client: the prompt, then the completion; usage unchanged", async () => {
     const base = { model: "m", prompt: PROMPT, max_tokens: 10, temperature: 0 };

@@ -1,13 +1,12 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import OpenAI from "openai";
+import type OpenAI from "openai";
 import type { Vocabulary } from "../../src/detok/Vocabulary.ts";
 import type { StepItem, StepOutcome } from "../../src/engine/Engine.ts";
-import { BUNDLED_MODEL_PATH } from "../../src/engine/modelPath.ts";
 import { ScriptedEngine, type ScriptedEngineOptions } from "../../src/engine/ScriptedEngine.ts";
 import { Runtime } from "../../src/runtime/Runtime.ts";
 import { bundledVocabulary } from "../helpers/scripted.ts";
-import { post, type Served, type SseEvent, send, serve } from "./client.ts";
+import { type ModelServer, post, type Served, type SseEvent, send, serve, serveModel } from "./client.ts";
 
 const PROMPT = "Genesis 1\n1 In the beginning";
 
@@ -204,19 +203,14 @@ describe("logprobs on the scripted engine: per delta, partial characters, shapes
 });
 
 describe("logprobs on the real engine, through the official openai client", () => {
-  let runtime: Runtime;
-  let served: Served;
   let client: OpenAI;
 
+  let real: ModelServer;
   before(async () => {
-    runtime = await Runtime.create({ model: BUNDLED_MODEL_PATH, slots: 2, threads: 1, contextSize: 512 });
-    served = await serve(runtime);
-    client = new OpenAI({ baseURL: `${served.url}/v1`, apiKey: "none", maxRetries: 0 });
+    real = await serveModel();
+    ({ client } = real);
   });
-  after(async () => {
-    await served.server.close();
-    await runtime.close();
-  });
+  after(() => real.close());
 
   test("chat, greedy: one entry per token, the chosen token the likeliest, sorted, <= 0, bytes make the text", async () => {
     const chat = await client.chat.completions.create({

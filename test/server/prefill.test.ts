@@ -1,11 +1,11 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import OpenAI from "openai";
+import type OpenAI from "openai";
 import { BUNDLED_CHAT_MODEL_PATH, BUNDLED_MODEL_PATH } from "../../src/engine/modelPath.ts";
-import { Runtime } from "../../src/runtime/Runtime.ts";
+import type { Runtime } from "../../src/runtime/Runtime.ts";
 import { createChatFormatter } from "../../src/server/chat.ts";
 import type { ChatMessage } from "../../src/server/schemas.ts";
-import { type Served, send, serve } from "./client.ts";
+import { type ModelServer, type Served, send, serveModel } from "./client.ts";
 
 // Assistant prefill: a trailing assistant message is continued, not answered. Checked against the prompt
 // the chat formatter renders for a continuation, sent as token ids to /v1/completions (greedy both ways).
@@ -23,15 +23,12 @@ for (const [model, path] of [
     let served: Served;
     let client: OpenAI;
 
+    let real: ModelServer;
     before(async () => {
-      runtime = await Runtime.create({ model: path, slots: 2, threads: 1, contextSize: 512 });
-      served = await serve(runtime);
-      client = new OpenAI({ baseURL: `${served.url}/v1`, apiKey: "none", maxRetries: 0 });
+      real = await serveModel({ model: path });
+      ({ runtime, served, client } = real);
     });
-    after(async () => {
-      await served.server.close();
-      await runtime.close();
-    });
+    after(() => real.close());
 
     test("a trailing assistant message is continued: the same text as its continuation prompt", async () => {
       const chat = await client.chat.completions.create({

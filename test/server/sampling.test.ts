@@ -1,9 +1,8 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import OpenAI from "openai";
-import { BUNDLED_MODEL_PATH } from "../../src/engine/modelPath.ts";
-import { Runtime } from "../../src/runtime/Runtime.ts";
-import { type Served, send, serve } from "./client.ts";
+import type OpenAI from "openai";
+import type { Runtime } from "../../src/runtime/Runtime.ts";
+import { type ModelServer, type Served, send, serveModel } from "./client.ts";
 
 // Real engine: the bundled model, greedy unless said otherwise, so that a change in the output can only come
 // from the field under test.
@@ -35,15 +34,12 @@ async function generatedBytes(body: Record<string, unknown>): Promise<{ text: st
 const hex = (id: number) => Buffer.from(runtime.engine.info.vocabulary.bytesOf(id)).toString("hex");
 
 describe("sampler parity over HTTP: penalties, logit_bias, stop_token_ids, min_tokens", () => {
+  let real: ModelServer;
   before(async () => {
-    runtime = await Runtime.create({ model: BUNDLED_MODEL_PATH, slots: 2, threads: 1, contextSize: 512 });
-    served = await serve(runtime);
-    client = new OpenAI({ baseURL: `${served.url}/v1`, apiKey: "none", maxRetries: 0 });
+    real = await serveModel();
+    ({ runtime, served, client } = real);
   });
-  after(async () => {
-    await served.server.close();
-    await runtime.close();
-  });
+  after(() => real.close());
 
   test("each penalty changes the greedy output; 0 (or 1 for repeat_penalty) changes nothing", async () => {
     const base = { model: "m", prompt: PROMPT, max_tokens: 32, temperature: 0 };

@@ -2,14 +2,12 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { Ajv } from "ajv";
 import fc from "fast-check";
-import OpenAI from "openai";
-import { BUNDLED_MODEL_PATH } from "../../src/engine/modelPath.ts";
-import { Runtime } from "../../src/runtime/Runtime.ts";
-import { post, type Served, send, serve, textOf } from "./client.ts";
+import type OpenAI from "openai";
+import { objectSchema, propertyEntries, schemaLeaf, schemaNode } from "../helpers/schemas.ts";
+import { type ModelServer, post, type Served, send, serveModel, textOf } from "./client.ts";
 
 // Real engine: the bundled model under a grammar. It is a scripture model, not a JSON one: whatever it
 // writes, the grammar decides the shape.
-let runtime: Runtime;
 let served: Served;
 let client: OpenAI;
 const ajv = new Ajv({ strict: false });
@@ -34,15 +32,12 @@ function validates(schema: object, text: string): void {
 }
 
 describe("structured output: response_format json_object and json_schema, and a GBNF grammar", () => {
+  let real: ModelServer;
   before(async () => {
-    runtime = await Runtime.create({ model: BUNDLED_MODEL_PATH, slots: 2, threads: 1, contextSize: 512 });
-    served = await serve(runtime);
-    client = new OpenAI({ baseURL: `${served.url}/v1`, apiKey: "none", maxRetries: 0 });
+    real = await serveModel();
+    ({ served, client } = real);
   });
-  after(async () => {
-    await served.server.close();
-    await runtime.close();
-  });
+  after(() => real.close());
 
   test("chat json_object: a JSON object where the model would write scripture", async () => {
     const messages = [{ role: "user" as const, content: "Answer in JSON." }];
@@ -144,37 +139,11 @@ describe("structured output: response_format json_object and json_schema, and a 
   });
 
   test("random schemas of the enforceable subset: every finished completion parses and validates", async () => {
-    const leaf = fc.oneof(
-      fc.constant({ type: "boolean" }),
-      fc.constant({ type: "null" }),
-      fc.integer({ min: 1, max: 8 }).map((maxLength) => ({ type: "string", maxLength })),
-      fc
-        .uniqueArray(fc.constantFrom("Moses", "Aaron", "Miriam"), { minLength: 1, maxLength: 3 })
-        .map((e) => ({ enum: e })),
-      fc.constantFrom("Genesis", 7, false).map((value) => ({ const: value })),
-    );
-    const node = fc.oneof(
-      leaf,
-      fc.tuple(leaf, fc.integer({ min: 0, max: 2 })).map(([items, min]) => ({
-        type: "array",
-        items,
-        minItems: min,
-        maxItems: min + 1,
-      })),
-      fc.tuple(leaf, leaf).map((options) => ({ anyOf: options })),
-    );
-    const schema = fc
-      .uniqueArray(fc.tuple(fc.constantFrom("book", "chapter", "verse", "text"), node), {
-        minLength: 1,
-        maxLength: 3,
-        selector: ([name]) => name,
-      })
-      .map((entries) => ({
-        type: "object",
-        properties: Object.fromEntries(entries),
-        required: entries.map(([name]) => name),
-        additionalProperties: false,
-      }));
+    const node = schemaNode(schemaLeaf("null"));
+    const schema = propertyEntries(["book", "chapter", "verse", "text"], node, {
+      minLength: 1,
+      maxLength: 3,
+    }).map((entries) => objectSchema(entries));
     await fc.assert(
       fc.asyncProperty(schema, fc.boolean(), fc.integer({ min: 0, max: 1000 }), async (s, chat, seed) => {
         const response_format = { type: "json_schema", json_schema: { name: "s", schema: s } };

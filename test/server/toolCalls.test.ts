@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { Ajv } from "ajv";
 import { getLlama, type Llama, LlamaGrammar, LlamaJsonSchemaGrammar } from "node-llama-cpp";
-import type { ChatTemplate, ToolDefinition } from "../../src/engine/ChatTemplate.ts";
+import type { ChatTemplate } from "../../src/engine/ChatTemplate.ts";
 import { BUNDLED_CHAT_MODEL_PATH } from "../../src/engine/modelPath.ts";
 import { SluiceError } from "../../src/errors.ts";
 import { Runtime } from "../../src/runtime/Runtime.ts";
@@ -10,27 +10,7 @@ import { gbnfLiteral, prefixRules } from "../../src/server/gbnf.ts";
 import { ToolCallParser } from "../../src/server/ToolCallParser.ts";
 import { type ToolCall, type ToolCallDelta, toolCallGrammar } from "../../src/server/toolCalls.ts";
 import type { GrammarSpec } from "../../src/types.ts";
-
-const TOOLS: ToolDefinition[] = [
-  {
-    name: "get_verse",
-    description: "Gets a verse of the King James Bible.",
-    parameters: {
-      type: "object",
-      properties: { book: { type: "string" }, chapter: { type: "integer" }, verse: { type: "integer" } },
-      required: ["book", "chapter", "verse"],
-    },
-  },
-  {
-    name: "count_verses",
-    description: "Counts the verses of a chapter.",
-    parameters: {
-      type: "object",
-      properties: { book: { type: "string" }, chapter: { type: "integer" } },
-      required: ["book", "chapter"],
-    },
-  },
-];
+import { VERSE_TOOLS as TOOLS } from "../helpers/tools.ts";
 
 function parser(): ToolCallParser {
   let n = 0;

@@ -2,75 +2,41 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { Ajv } from "ajv";
 import fc from "fast-check";
-import OpenAI from "openai";
+import type OpenAI from "openai";
 import { BUNDLED_CHAT_MODEL_PATH } from "../../src/engine/modelPath.ts";
-import { Runtime } from "../../src/runtime/Runtime.ts";
-import { type Served, serve } from "./client.ts";
+import { objectSchema, propertyEntries, schemaLeaf, schemaNode } from "../helpers/schemas.ts";
+import { type ModelServer, serveModel } from "./client.ts";
 
 // Random functions whose parameters use the enforceable schema subset, tool_choice "required": whatever the
 // model would rather say, every call names an offered function and its arguments validate.
-let runtime: Runtime;
-let served: Served;
 let client: OpenAI;
 const ajv = new Ajv({ strict: false });
 
+let real: ModelServer;
 before(async () => {
-  runtime = await Runtime.create({ model: BUNDLED_CHAT_MODEL_PATH, slots: 2, threads: 1, contextSize: 1024 });
-  served = await serve(runtime);
-  client = new OpenAI({ baseURL: `${served.url}/v1`, apiKey: "none", maxRetries: 0 });
+  real = await serveModel({ model: BUNDLED_CHAT_MODEL_PATH, contextSize: 1024 });
+  ({ client } = real);
 });
-after(async () => {
-  await served.server.close();
-  await runtime.close();
-});
+after(() => real.close());
 
-const leaf = fc.oneof(
-  fc.constant({ type: "boolean" }),
-  fc.constant({ type: "integer" }),
-  fc.integer({ min: 1, max: 8 }).map((maxLength) => ({ type: "string", maxLength })),
-  fc
-    .uniqueArray(fc.constantFrom("Moses", "Aaron", "Miriam"), { minLength: 1, maxLength: 3 })
-    .map((e) => ({ enum: e })),
-  fc.constantFrom("Genesis", 7, false).map((value) => ({ const: value })),
+const node = schemaNode(schemaLeaf("integer"));
+const parameters = propertyEntries(["book", "chapter", "verse", "text"], node, {
+  minLength: 0,
+  maxLength: 3,
+}).chain((entries) =>
+  fc.subarray(entries.map(([name]) => name)).map((required) => objectSchema(entries, required)),
 );
-const node = fc.oneof(
-  leaf,
-  fc.tuple(leaf, fc.integer({ min: 0, max: 2 })).map(([items, min]) => ({
-    type: "array",
-    items,
-    minItems: min,
-    maxItems: min + 1,
-  })),
-  fc.tuple(leaf, leaf).map((options) => ({ anyOf: options })),
+const tools = propertyEntries(["get_verse", "count_verses", "find", "amen"], parameters, {
+  minLength: 1,
+  maxLength: 2,
+}).map((entries) =>
+  entries.map(
+    ([name, schema]): OpenAI.Chat.Completions.ChatCompletionFunctionTool => ({
+      type: "function",
+      function: { name, parameters: schema },
+    }),
+  ),
 );
-const parameters = fc
-  .uniqueArray(fc.tuple(fc.constantFrom("book", "chapter", "verse", "text"), node), {
-    minLength: 0,
-    maxLength: 3,
-    selector: ([name]) => name,
-  })
-  .chain((entries) =>
-    fc.subarray(entries.map(([name]) => name)).map((required) => ({
-      type: "object",
-      properties: Object.fromEntries(entries),
-      required,
-      additionalProperties: false,
-    })),
-  );
-const tools = fc
-  .uniqueArray(fc.tuple(fc.constantFrom("get_verse", "count_verses", "find", "amen"), parameters), {
-    minLength: 1,
-    maxLength: 2,
-    selector: ([name]) => name,
-  })
-  .map((entries) =>
-    entries.map(
-      ([name, schema]): OpenAI.Chat.Completions.ChatCompletionFunctionTool => ({
-        type: "function",
-        function: { name, parameters: schema },
-      }),
-    ),
-  );
 
 test('random functions, tool_choice "required": every call is to an offered function, arguments valid', async () => {
   await fc.assert(

@@ -1,42 +1,28 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { Ajv } from "ajv";
-import OpenAI from "openai";
+import type OpenAI from "openai";
 import { BUNDLED_CHAT_MODEL_PATH } from "../../src/engine/modelPath.ts";
-import { Runtime } from "../../src/runtime/Runtime.ts";
-import { cancelsWithinOneStep, Ends, idle, post, type Served, type SseEvent, send, serve } from "./client.ts";
+import type { Runtime } from "../../src/runtime/Runtime.ts";
+import { VERSE_FUNCTION_TOOLS } from "../helpers/tools.ts";
+import {
+  cancelsWithinOneStep,
+  Ends,
+  idle,
+  type ModelServer,
+  post,
+  type Served,
+  type SseEvent,
+  send,
+  serveModel,
+} from "./client.ts";
 
 // Tool calls through /v1/chat/completions on the bundled chat model (Hermes <tool_call> tags in its template),
 // through the official client, greedy.
 type Tool = OpenAI.Chat.Completions.ChatCompletionFunctionTool;
 type Message = OpenAI.Chat.Completions.ChatCompletionMessageParam;
 
-const TOOLS: Tool[] = [
-  {
-    type: "function",
-    function: {
-      name: "get_verse",
-      description: "Gets a verse of the King James Bible.",
-      parameters: {
-        type: "object",
-        properties: { book: { type: "string" }, chapter: { type: "integer" }, verse: { type: "integer" } },
-        required: ["book", "chapter", "verse"],
-      },
-    },
-  },
-  {
-    type: "function",
-    function: {
-      name: "count_verses",
-      description: "Counts the verses of a chapter.",
-      parameters: {
-        type: "object",
-        properties: { book: { type: "string" }, chapter: { type: "integer" } },
-        required: ["book", "chapter"],
-      },
-    },
-  },
-];
+const TOOLS: Tool[] = VERSE_FUNCTION_TOOLS;
 
 const QUOTE: Message[] = [{ role: "user", content: "Quote John 3:16." }];
 const HELLO: Message[] = [{ role: "user", content: "Hello." }];
@@ -102,21 +88,13 @@ describe("tool calls through /v1/chat/completions on the chat model", () => {
   let client: OpenAI;
   let ends: Ends;
 
+  let real: ModelServer;
   before(async () => {
-    runtime = await Runtime.create({
-      model: BUNDLED_CHAT_MODEL_PATH,
-      slots: 2,
-      threads: 1,
-      contextSize: 1024,
-    });
+    real = await serveModel({ model: BUNDLED_CHAT_MODEL_PATH, contextSize: 1024 });
+    ({ runtime, served, client } = real);
     ends = new Ends(runtime);
-    served = await serve(runtime);
-    client = new OpenAI({ baseURL: `${served.url}/v1`, apiKey: "none", maxRetries: 0 });
   });
-  after(async () => {
-    await served.server.close();
-    await runtime.close();
-  });
+  after(() => real.close());
 
   const create = (body: Partial<OpenAI.Chat.Completions.ChatCompletionCreateParamsNonStreaming>) =>
     client.chat.completions.create({
