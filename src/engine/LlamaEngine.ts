@@ -25,6 +25,7 @@ import type { GrammarSpec, TokenLogprob } from "../types.ts";
 import { type ChatTemplate, llamaChatTemplate } from "./ChatTemplate.ts";
 import { checkGguf } from "./checkGguf.ts";
 import type { Engine, EngineBackend, EngineInfo, SamplerConfig, StepItem, StepOutcome } from "./Engine.ts";
+import { checkGbnf } from "./gbnfCheck.ts";
 import { toGrammarSchema } from "./jsonSchemaSubset.ts";
 import { BUNDLED_MODEL_PATH } from "./modelPath.ts";
 
@@ -242,6 +243,7 @@ export class LlamaEngine implements Engine {
         batching: { itemPrioritizationStrategy: decodeFirst },
         ...(options.signal ? { createSignal: options.signal } : {}),
       });
+      deliverSamplingErrors(context);
       const vocabulary = Vocabulary.fromGguf(checked.vocabulary);
       const info: EngineInfo = {
         model: basename(modelPath),
@@ -280,12 +282,14 @@ export class LlamaEngine implements Engine {
       } catch (cause) {
         throw new SluiceError(
           "invalid_request",
-          `The JSON schema cannot be turned into a grammar: ${(cause as Error).message}`,
+          "The JSON schema gives a grammar llama.cpp cannot parse (a $ref cycle with no way out, or nesting " +
+            `deeper than it allows): ${(cause as Error).message}`,
           { param: "grammar", cause },
         );
       }
       gbnf = finiteJsonGrammar(gbnf);
     } else gbnf = spec.grammar;
+    checkGbnf(gbnf);
     this.#grammar(gbnf);
     return gbnf;
   }
@@ -348,7 +352,7 @@ export class LlamaEngine implements Engine {
       if (wanted === undefined) return { ok: true, token };
       return { ok: true, token, logprob: logprobOf(value as Sampled, wanted) };
     } catch (error) {
-      return { ok: false, error };
+      return { ok: false, error: samplingError(error) };
     }
   }
 
@@ -589,6 +593,43 @@ export class LlamaEngine implements Engine {
     await this.#model.dispose().catch(() => {});
     await this.#llama.dispose().catch(() => {});
   }
+}
+
+/** The last sampling failure `deliverSamplingErrors` turned into node-llama-cpp's "no token" result. */
+let lastSamplingFailure: unknown;
+
+/**
+ * node-llama-cpp 3.22 loses a failed sampling: when llama.cpp's sampler throws (a grammar that accepts none of
+ * the tokens the other samplers left, say), the rejection escapes its batch dispatcher as an unhandled
+ * rejection (fatal in Node) and the evaluation waiting for that token never settles, so its slot would never
+ * be freed. Its generator already turns a "no token" result (-1) into an error of that evaluation, so a
+ * failed sampling is made that result; the cause is kept for the error the request ends with.
+ */
+function deliverSamplingErrors(context: LlamaContext): void {
+  const native = (context as unknown as { _ctx: { sampleToken(...args: unknown[]): Promise<unknown> } })._ctx;
+  const sampleToken = native.sampleToken.bind(native);
+  // The native method is read-only on its prototype: the instance gets its own property.
+  Object.defineProperty(native, "sampleToken", {
+    value: (...args: unknown[]) =>
+      sampleToken(...args).catch((cause: unknown) => {
+        lastSamplingFailure = cause;
+        return -1;
+      }),
+  });
+}
+
+/** The error a step's item failed with, with the sampler's own reason when sampling failed. */
+function samplingError(error: unknown): unknown {
+  if (!(error instanceof Error) || error.message !== "Failed to sample next token" || !lastSamplingFailure) {
+    return error;
+  }
+  const cause = lastSamplingFailure;
+  lastSamplingFailure = undefined;
+  return new SluiceError(
+    "engine_error",
+    `The sampler found no token to pick: ${(cause as Error).message ?? String(cause)}`,
+    { cause },
+  );
 }
 
 /**

@@ -237,6 +237,14 @@ export function validateStreamingSubmission(
     throw invalid("logprobs", `The engine (${info.model}) cannot report log-probabilities; remove logprobs.`);
   }
   const grammar = request.grammar === undefined ? undefined : compileGrammar(request.grammar, info, limits);
+  if (grammar !== undefined && minTokens > 0) {
+    // A grammar decides where its output ends: once it is complete only end-of-generation may follow, which
+    // minTokens would ban, leaving nothing to sample.
+    throw invalid(
+      "minTokens",
+      "minTokens cannot be combined with a grammar: the grammar decides where the output ends. Remove minTokens (or the grammar).",
+    );
+  }
   // Until minTokens are out, nothing that would end the generation may be sampled.
   const suppress =
     minTokens > 0

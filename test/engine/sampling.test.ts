@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
+import type { SamplerConfig } from "../../src/engine/Engine.ts";
+import { LlamaEngine } from "../../src/engine/LlamaEngine.ts";
 import { BUNDLED_MODEL_PATH } from "../../src/engine/modelPath.ts";
 import { SluiceError } from "../../src/errors.ts";
 import { Runtime } from "../../src/runtime/Runtime.ts";
@@ -169,5 +171,66 @@ describe("logprobs", () => {
     const bare = await run({ maxTokens: 5, logprobs: 0 });
     assert.ok(bare.logprobs!.every((e) => e.top.length === 0 && e.logprob <= 0));
     assert.equal((await run({ maxTokens: 5 })).logprobs, undefined);
+  });
+});
+
+describe("a sampling that finds no token", () => {
+  test("ends that request with an error, and the engine goes on serving the others", async () => {
+    // Out of the runtime's reach (it refuses minTokens with a grammar): a finished grammar allows only the end
+    // of generation, which the ban forbids. llama.cpp's sampler then fails; node-llama-cpp alone would lose
+    // that failure (an unhandled rejection, and a step that never resolves).
+    const engine = await LlamaEngine.create({
+      model: BUNDLED_MODEL_PATH,
+      slots: 2,
+      threads: 1,
+      contextSize: 256,
+    });
+    try {
+      const { vocabulary } = engine.info;
+      const base: SamplerConfig = {
+        temperature: 0,
+        topK: 40,
+        topP: 0.95,
+        minP: 0,
+        seed: 1,
+        repeatPenalty: 1,
+        repeatLastN: 64,
+        presencePenalty: 0,
+        frequencyPenalty: 0,
+        logitBias: undefined,
+        suppress: undefined,
+        grammar: undefined,
+        logprobs: undefined,
+      };
+      const stuck: SamplerConfig = {
+        ...base,
+        grammar: { gbnf: engine.grammarText({ type: "gbnf", grammar: 'root ::= "A"' }) },
+        suppress: { tokens: vocabulary.eogIds, count: 100 },
+      };
+      const prompt = [vocabulary.bos!, ...engine.tokenize("Genesis 1", { special: false })];
+      let stuckTokens = prompt;
+      let plainTokens = prompt;
+      let failure: unknown;
+      for (let step = 0; step < 4 && failure === undefined; step++) {
+        const [a, b] = await engine.step([
+          { slot: 0, tokens: stuckTokens, sample: stuck },
+          { slot: 1, tokens: plainTokens, sample: base },
+        ]);
+        assert.ok(b?.ok && b.token !== undefined, "the other slot's item must succeed");
+        plainTokens = [b.token];
+        if (a?.ok) stuckTokens = [a.token!];
+        else failure = a?.error;
+      }
+      assert.ok(failure instanceof SluiceError, String(failure));
+      assert.equal(failure.code, "engine_error");
+      assert.match(failure.message, /no token to pick/);
+      await engine.releaseSlot(0);
+      assert.equal(await engine.trimSlot(0, 0), 0);
+      // The failed slot serves again.
+      const [again] = await engine.step([{ slot: 0, tokens: prompt, sample: base }]);
+      assert.ok(again?.ok && again.token !== undefined);
+    } finally {
+      await engine.close();
+    }
   });
 });
