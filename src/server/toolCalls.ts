@@ -92,7 +92,7 @@ export function toolCallGrammar(
   const calls: string[] = [];
   offered.forEach((tool, i) => {
     const prefix = `fn${i}-`;
-    const schema = tool.parameters ?? { type: "object", properties: {} };
+    const schema = argumentsSchema(tool);
     let gbnf: string;
     try {
       gbnf = engine.grammarText!({ type: "json_schema", schema });
@@ -125,3 +125,22 @@ export function toolCallGrammar(
 
 /** The `"\n\n\n\n" [\n]*` that node-llama-cpp's JSON-schema grammars end their root with. */
 const JSON_TERMINATOR = /\s*"(?:\\n)+"\s*\[\\n\]\*\s*$/;
+
+/**
+ * A function's arguments are a JSON object (OpenAI's rule): no `parameters`, or `{}` as many SDKs send for a
+ * function without parameters, is an object with none; a schema without `type` is taken as an object's; a
+ * schema of anything else is refused (the call could never be parsed).
+ */
+function argumentsSchema(tool: ToolDefinition): Readonly<Record<string, unknown>> {
+  const { parameters } = tool;
+  if (parameters == null || Object.keys(parameters).length === 0) return { type: "object", properties: {} };
+  if (parameters.type === undefined) return { ...parameters, type: "object" };
+  if (parameters.type !== "object") {
+    throw new SluiceError(
+      "invalid_request",
+      `The parameters of function ${tool.name} describe ${JSON.stringify(parameters.type)}; a function's arguments are a JSON object: use { "type": "object", "properties": { ... } }.`,
+      { param: "tools" },
+    );
+  }
+  return parameters;
+}
