@@ -63,7 +63,10 @@ const sampling = {
       error: "must be a non-empty string or an array of at most 16 non-empty strings",
     })
     .nullish(),
-  stop_token_ids: z.array(z.int().min(0), { error: "must be an array of token ids" }).max(64).nullish(),
+  stop_token_ids: z
+    .array(z.int().min(0), { error: "must be an array of token ids" })
+    .max(64, { error: "must hold at most 64 token ids" })
+    .nullish(),
   max_tokens: z.int().min(1).nullish(),
   min_tokens: z.int().min(0).nullish(),
   stream: z.boolean().nullish(),
