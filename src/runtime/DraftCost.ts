@@ -2,6 +2,12 @@
 const INITIAL = { fixed: 0, perToken: 0.3 };
 /** Weight of one step in the running estimates (about the last 20 steps count). */
 const WEIGHT = 0.05;
+/**
+ * Per step without drafts, how far the estimates move back toward `INITIAL` (half-way in about 70 steps):
+ * costs measured while the machine was busy would otherwise stop drafting for good, since only drafting
+ * steps can show that drafts got cheaper again. A retry that finds them still costly puts the estimates back.
+ */
+const RELAX = 0.01;
 
 /**
  * What verifying drafts costs on this engine, learned from the runtime's own steps, in units of one plain
@@ -45,6 +51,14 @@ export class DraftCost {
       const estimate = this.perDecode;
       this.perDecode =
         estimate === undefined ? sample : estimate + WEIGHT * (Math.min(sample, 1.5 * estimate) - estimate);
+      this.fixed += RELAX * (INITIAL.fixed - this.fixed);
+      this.perToken += RELAX * (INITIAL.perToken - this.perToken);
+      // The fit's history fades with it, so that the next drafting steps count more than the old ones.
+      this.#mm *= 1 - RELAX;
+      this.#md *= 1 - RELAX;
+      this.#dd *= 1 - RELAX;
+      this.#my *= 1 - RELAX;
+      this.#dy *= 1 - RELAX;
       return;
     }
     if (this.perDecode === undefined) return;
