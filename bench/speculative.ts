@@ -5,10 +5,13 @@
  *   requests with `speculative: false` and with the default;
  * - llama-server plain and llama-server n-gram (`--spec-type ngram-simple`, lookup n-gram 3 and draft 8 to
  *   match prompt lookup's sizes; its defaults are 12 and 48), native `POST /completion`, non-streaming.
- * Same model, threads, slots and token-id prompts; greedy; every side reads every prompt (no prompt cache).
+ * Same model, threads, slots and token-id prompts; greedy but for the `sampled` set; every side reads every
+ * prompt (no prompt cache).
  *
- * Two prompt sets: `repeat` (a KJV passage, then its heading again: the model quotes what it was given)
- * and `fresh` (short openings: nothing to look up). 1, 4 and 8 concurrent streams.
+ * Three prompt sets: `repeat` (a KJV passage, then its heading again: what a model that can copy would
+ * quote), `fresh` (short openings: nothing in the prompt to look up) and `sampled` (the fresh openings at
+ * temperature 0.8, seeded per stream: greedy output of small models falls into loops, which prompt lookup
+ * then catches; sampling breaks them up). 1, 4 and 8 concurrent streams.
  *
  * Figures are decode throughput: the sum over streams of (tokens - 1) / decode time (first token to last;
  * llama-server's own `predicted_per_second`), so prompt reading is left out on both sides, and tokens per
@@ -38,7 +41,9 @@ const LEVELS = [1, 4, 8];
 const SLOTS = 8;
 const DRAFT_MAX = 8;
 const NGRAM = 3;
-type Workload = "repeat" | "fresh";
+type Workload = "repeat" | "fresh" | "sampled";
+/** Temperature of the `sampled` set (seeded per stream), where greedy decoding's loops break up. */
+const TEMPERATURE = 0.8;
 type Side = "sluice" | "sluice-spec" | "llama" | "llama-ngram";
 const SIDES: readonly Side[] = ["sluice", "sluice-spec", "llama", "llama-ngram"];
 
@@ -97,13 +102,19 @@ function post(url: string, path: string, body: unknown): Promise<Record<string, 
   });
 }
 
-async function runLlama(server: LlamaServer, prompts: number[][], tokens: number): Promise<Run> {
+async function runLlama(
+  server: LlamaServer,
+  prompts: number[][],
+  tokens: number,
+  temperature: number,
+): Promise<Run> {
   const results = await Promise.all(
-    prompts.map((prompt) =>
+    prompts.map((prompt, i) =>
       post(server.url, "/completion", {
         prompt,
         n_predict: tokens,
-        temperature: 0,
+        temperature,
+        seed: i + 1,
         ignore_eos: true,
         cache_prompt: false,
       }),
@@ -130,13 +141,21 @@ async function runSluice(
   prompts: number[][],
   tokens: number,
   speculative: boolean,
+  temperature: number,
 ): Promise<Run> {
   const accepted = runtime.stats.draftTokensAccepted;
   const results = await Promise.all(
     prompts.map(
-      (prompt) =>
-        runtime.generate({ prompt, maxTokens: tokens, ignoreEos: true, cachePrompt: false, speculative })
-          .result,
+      (prompt, i) =>
+        runtime.generate({
+          prompt,
+          maxTokens: tokens,
+          ignoreEos: true,
+          cachePrompt: false,
+          speculative,
+          temperature,
+          seed: i + 1,
+        }).result,
     ),
   );
   let tokensPerSecond = 0;
@@ -196,9 +215,10 @@ async function runModel(
   });
   const configs: Config[] = [];
   try {
-    for (const workload of ["repeat", "fresh"] as const) {
+    for (const workload of ["repeat", "fresh", "sampled"] as const) {
+      const temperature = workload === "sampled" ? TEMPERATURE : 0;
       for (const streams of LEVELS) {
-        const batch = prompts[workload].slice(0, streams);
+        const batch = prompts[workload === "sampled" ? "fresh" : workload].slice(0, streams);
         const config: Config = {
           model: spec.name,
           workload,
@@ -211,8 +231,8 @@ async function runModel(
             const side = SIDES[(k + Math.max(0, round)) % SIDES.length]!;
             const run =
               side === "sluice" || side === "sluice-spec"
-                ? await runSluice(runtime, batch, p.tokens, side === "sluice-spec")
-                : await runLlama(side === "llama" ? llama : ngram, batch, p.tokens);
+                ? await runSluice(runtime, batch, p.tokens, side === "sluice-spec", temperature)
+                : await runLlama(side === "llama" ? llama : ngram, batch, p.tokens, temperature);
             if (round >= 0) config.runs[side].push(run);
           }
         }
