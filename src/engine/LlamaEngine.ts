@@ -635,7 +635,8 @@ function samplingError(error: unknown): unknown {
 /**
  * node-llama-cpp's JSON-schema GBNF, adjusted so that every output is valid JSON whose numbers parse to
  * what the schema asks: its integers and numbers allow 16-digit exponents (`1E1111111111111111` parses to
- * Infinity, no integer), so integers get no exponent and other numbers an exponent of at most two digits;
+ * Infinity, no integer), so integers get no exponent and at most 15 digits, and other numbers an exponent of
+ * at most two digits;
  * and its root ends with four newlines for node-llama-cpp's own stop trigger, removed here so that the
  * closing brace leaves end-of-generation as the only token.
  */
@@ -647,7 +648,10 @@ function finiteJsonGrammar(gbnf: string): string {
       if (line.startsWith("root ::= ") && line.endsWith(' "\\n\\n\\n\\n" [\\n]*')) {
         return line.slice(0, -' "\\n\\n\\n\\n" [\\n]*'.length);
       }
-      if (line.startsWith("integer-number-rule ::= ")) return line.replace(exponent, "");
+      // At most 15 digits: every integer it writes is exact in a double (see GRAMMAR_INTEGER_LIMIT).
+      if (line.startsWith("integer-number-rule ::= ")) {
+        return line.replace(exponent, "").replace("[1-9] [0-9]{0,15}", "[1-9] [0-9]{0,14}");
+      }
       if (line.startsWith("fractional-number-rule ::= "))
         return line.replace(exponent, " ([eE] [-+]? [0-9]{1,2})?");
       return line;

@@ -69,7 +69,16 @@ const SUPPORTED = new Set([
   "$defs",
   "definitions",
   "$ref",
+  "minimum",
+  "maximum",
 ]);
+
+/**
+ * The integers the grammar writes have at most 15 digits (see `finiteJsonGrammar` in LlamaEngine.ts): an
+ * integer's `minimum`/`maximum` at or beyond that bound constrains nothing it can write (zod's `.int()` sends
+ * plus and minus `Number.MAX_SAFE_INTEGER`), so it is accepted; any other bound is refused.
+ */
+export const GRAMMAR_INTEGER_LIMIT = 10 ** 15 - 1;
 
 const SCALAR_TYPES = new Set(["string", "number", "integer", "boolean", "null"]);
 const TYPES = new Set([...SCALAR_TYPES, "object", "array"]);
@@ -182,6 +191,15 @@ function convert(schema: unknown, where: string, context: Context): unknown {
           ),
         };
         break;
+      case "minimum":
+      case "maximum": {
+        const loose = key === "minimum" ? -GRAMMAR_INTEGER_LIMIT : GRAMMAR_INTEGER_LIMIT;
+        const integer = schema.type === "integer";
+        if (typeof value !== "number" || !integer || (key === "minimum" ? value > loose : value < loose)) {
+          refuse(context, where, `"${key}"`);
+        }
+        break;
+      }
       case "$ref": {
         const ref = typeof value === "string" ? value.replace(/^#\/definitions\//, "#/$defs/") : "";
         const name = /^#\/\$defs\/([^/]+)$/.exec(ref)?.[1];

@@ -162,6 +162,19 @@ describe("JSON schemas: translated into the enforceable subset, or refused by na
     );
   });
 
+  test("an integer's bounds are accepted when the grammar's integers lie within them (zod's .int())", () => {
+    const safe = { type: "integer", minimum: -Number.MAX_SAFE_INTEGER, maximum: Number.MAX_SAFE_INTEGER };
+    assert.deepEqual(toGrammarSchema(safe), { type: "integer" });
+    assert.match(
+      refusal(() => toGrammarSchema({ type: "integer", minimum: 0 })),
+      /"minimum"/,
+    );
+    assert.match(
+      refusal(() => toGrammarSchema({ type: "number", maximum: Number.MAX_SAFE_INTEGER })),
+      /"maximum"/,
+    );
+  });
+
   test("a schema for any value becomes the scalar union; properties imply an object", () => {
     assert.deepEqual(toGrammarSchema({}), { type: ["string", "number", "boolean", "null"] });
     assert.equal(toGrammarSchema({ properties: { a: {} } }).type, "object");

@@ -3,6 +3,8 @@ import { after, before, describe, test } from "node:test";
 import { Ajv } from "ajv";
 import fc from "fast-check";
 import type OpenAI from "openai";
+import { zodResponseFormat } from "openai/helpers/zod";
+import { z } from "zod";
 import { objectSchema, propertyEntries, schemaLeaf, schemaNode } from "../helpers/schemas.ts";
 import { type ModelServer, post, type Served, send, serveModel, textOf } from "./client.ts";
 
@@ -118,6 +120,24 @@ describe("structured output: response_format json_object and json_schema, and a 
       },
     });
     validates(VERSE, loose.json.choices[0].text);
+  });
+
+  test("the client's zod helper: a schema with .int() (bounds at the safe-integer limits) parses", async () => {
+    const Verse = z.object({
+      book: z.enum(["Genesis", "Exodus"]),
+      chapter: z.number().int(),
+      ok: z.boolean(),
+    });
+    const completion = await client.chat.completions.parse({
+      model: "m",
+      messages: [{ role: "user", content: "Genesis 1" }],
+      response_format: zodResponseFormat(Verse, "verse"),
+      temperature: 0,
+      max_tokens: 120,
+    });
+    const parsed = completion.choices[0]!.message.parsed;
+    assert.ok(parsed, completion.choices[0]!.message.content ?? "");
+    assert.ok(Number.isSafeInteger(parsed.chapter));
   });
 
   test("llama-server's grammar field: GBNF text constrains a completion, streamed too", async () => {
