@@ -610,6 +610,8 @@ function deliverSamplingErrors(context: LlamaContext): void {
   const sampleToken = native.sampleToken.bind(native);
   // The native method is read-only on its prototype: the instance gets its own property.
   Object.defineProperty(native, "sampleToken", {
+    writable: true,
+    configurable: true,
     value: (...args: unknown[]) =>
       sampleToken(...args).catch((cause: unknown) => {
         lastSamplingFailure = cause;
