@@ -5,6 +5,7 @@ export { OutputProcessor, StopMatcher, Utf8Decoder, Vocabulary } from "./detok/i
 export type {
   Engine,
   EngineBackend,
+  EngineCapabilities,
   EngineInfo,
   SamplerConfig,
   StepItem,
@@ -28,6 +29,8 @@ export {
   type UpstreamPoolOptions,
   type UpstreamSnapshot,
 } from "./gateway/index.ts";
+export type { Drafter, RequestDrafter } from "./runtime/Drafter.ts";
+export { PromptLookup, type PromptLookupOptions } from "./runtime/PromptLookup.ts";
 export type { CancelRecord, RequestRecord } from "./runtime/RequestState.ts";
 export {
   Runtime,
