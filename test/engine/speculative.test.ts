@@ -197,18 +197,26 @@ describe("draft verification on the bundled model", () => {
     for (const slot of [0, 1, 2]) await engine.releaseSlot(slot);
   });
 
-  test("sampling: a seed gives the same tokens whatever the drafts; another seed other tokens", async () => {
+  test("sampling: the same seed and drafts give the same tokens; another seed other tokens", async () => {
+    // Each position is sampled with the request's seed mixed with the position, so a run repeats exactly.
+    // Whether drafted and undrafted runs agree depends on the llama.cpp build: a verification batch may give
+    // logits that differ in their last bits from a one-token decode's, which sampling can amplify (as for
+    // requests sharing steps, see the README's Reproducibility); the prebuilt CPU binary does differ.
     const prompt = promptOf(PROMPTS[0]!);
     const sample = sampler({ temperature: 1, topK: 0, topP: 1, seed: 42 });
     const { out: none } = await speculative(1, prompt, sample, () => []);
-    let call = 0;
-    const { out: drafted } = await speculative(1, prompt, sample, (done) => {
-      // Guesses from the undrafted run: accepted exactly where the target samples the same token.
-      const guess = none.slice(done.length, done.length + 1 + (call % 5));
-      if (call++ % 3 === 2 && guess.length > 0) guess[guess.length - 1] = 11;
-      return guess;
-    });
-    assert.deepEqual(drafted, none);
+    const drafts = () => {
+      let call = 0;
+      return (done: readonly number[]) => {
+        // Guesses from the undrafted run, one in three spoiled at its end.
+        const guess = none.slice(done.length, done.length + 1 + (call % 5));
+        if (call++ % 3 === 2 && guess.length > 0) guess[guess.length - 1] = 11;
+        return guess;
+      };
+    };
+    const { out: drafted } = await speculative(1, prompt, sample, drafts());
+    const { out: again } = await speculative(1, prompt, sample, drafts());
+    assert.deepEqual(again, drafted);
     const { out: other } = await speculative(
       1,
       prompt,

@@ -85,13 +85,6 @@ test("after a speculative request the slot's cache serves the next one: same out
   same(longer, fresh, "continued");
 });
 
-test("a seed reproduces a speculative sampled generation", async () => {
-  const request = { prompt: PROMPTS[3]!, maxTokens: 64, temperature: 0.9, seed: 5 };
-  const a = await runtime.generate(request).result;
-  const b = await runtime.generate(request).result;
-  same(a, b, "seeded");
-});
-
 test("a cancel during speculative decoding frees the slot within the step, nothing computed after", async () => {
   const channel = runtime.generate({ prompt: PROMPTS[5]!, maxTokens: 200, ignoreEos: true });
   const record = runtime.endRecord(channel.id)!;
