@@ -64,7 +64,7 @@ export function findLlamaBinaries(options: { batchedBench?: boolean } = {}): Lla
   if (!existsSync(binaries.server) || (options.batchedBench === true && !existsSync(binaries.batchedBench))) {
     throw new Error(
       `llama-server for llama.cpp ${commit.slice(0, 12)} is not built (looked in ${dir}). ` +
-        `Build it once with \`${BUILD_COMMAND}\` (offline; 25 minutes on 2 cores here).`,
+        `Build it once with \`${BUILD_COMMAND}\` (offline; about 8 minutes on 2 cores for llama-server).`,
     );
   }
   return binaries;

@@ -82,7 +82,7 @@ cmake -S "$work/src" -B "$work/build" "${generator[@]}" \
   -DLLAMA_USE_PREBUILT_UI=OFF >&2
 
 jobs=${SLUICE_BUILD_JOBS:-2}
-log "building ${targets[*]} with -j$jobs (25 minutes on 2 cores here)"
+log "building ${targets[*]} with -j$jobs (llama-server alone: 8 minutes on 2 idle cores; with llama-batched-bench longer)"
 cmake --build "$work/build" --config Release -j "$jobs" --target "${targets[@]}" >&2
 
 mkdir -p "$work/out/bin"
