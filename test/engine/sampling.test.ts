@@ -1,11 +1,11 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import type { SamplerConfig } from "../../src/engine/Engine.ts";
 import { LlamaEngine } from "../../src/engine/LlamaEngine.ts";
 import { BUNDLED_MODEL_PATH } from "../../src/engine/modelPath.ts";
 import { SluiceError } from "../../src/errors.ts";
 import { Runtime } from "../../src/runtime/Runtime.ts";
 import type { GenerationRequest } from "../../src/types.ts";
+import { samplerConfig } from "../helpers/sampler.ts";
 
 // Real engine: the bundled model, one thread. Greedy throughout, so every figure is deterministic.
 const PROMPT = "Genesis 1\n1 In the beginning";
@@ -187,26 +187,11 @@ describe("a sampling that finds no token", () => {
     });
     try {
       const { vocabulary } = engine.info;
-      const base: SamplerConfig = {
-        temperature: 0,
-        topK: 40,
-        topP: 0.95,
-        minP: 0,
-        seed: 1,
-        repeatPenalty: 1,
-        repeatLastN: 64,
-        presencePenalty: 0,
-        frequencyPenalty: 0,
-        logitBias: undefined,
-        suppress: undefined,
-        grammar: undefined,
-        logprobs: undefined,
-      };
-      const stuck: SamplerConfig = {
-        ...base,
+      const base = samplerConfig();
+      const stuck = samplerConfig({
         grammar: { gbnf: engine.grammarText({ type: "gbnf", grammar: 'root ::= "A"' }) },
         suppress: { tokens: vocabulary.eogIds, count: 100 },
-      };
+      });
       const prompt = [vocabulary.bos!, ...engine.tokenize("Genesis 1", { special: false })];
       let stuckTokens = prompt;
       let plainTokens = prompt;

@@ -3,6 +3,7 @@ import { after, before, describe, test } from "node:test";
 import { type LlamaContext, LlamaModel } from "node-llama-cpp";
 import type { SamplerConfig, StepItem } from "../../src/engine/Engine.ts";
 import { LlamaEngine } from "../../src/engine/LlamaEngine.ts";
+import { samplerConfig } from "../helpers/sampler.ts";
 
 // Real engine: the bundled model, one thread. Drafts are built from a reference run (right, or wrong at a
 // chosen position), and the engine must return exactly the tokens plain decoding gives, with the accepted
@@ -42,24 +43,7 @@ function countDecodes(context: LlamaContext): void {
   });
 }
 
-function sampler(overrides: Partial<SamplerConfig> = {}): SamplerConfig {
-  return {
-    temperature: 0,
-    topK: 40,
-    topP: 0.95,
-    minP: 0,
-    seed: 1,
-    repeatPenalty: 1,
-    repeatLastN: 0,
-    presencePenalty: 0,
-    frequencyPenalty: 0,
-    logitBias: undefined,
-    suppress: undefined,
-    grammar: undefined,
-    logprobs: undefined,
-    ...overrides,
-  };
-}
+const sampler = samplerConfig;
 
 function promptOf(text: string): number[] {
   return [engine.info.vocabulary.bos!, ...engine.tokenize(text, { special: false })];
