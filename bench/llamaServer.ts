@@ -202,7 +202,9 @@ export interface LlamaServer extends ServerProcess {
 /**
  * Starts llama-server on a free loopback port and waits until it is ready. Its defaults are kept (batch
  * sizes, flash attention, prompt cache, no speculation): the peer is measured as its users run it. `--slots`
- * and `--metrics` expose the slot view and the counters the benchmark reads.
+ * and `--metrics` expose the slot view and the counters the benchmark reads. `SLUICE_BENCH_LLAMA_ARGS` adds
+ * arguments to every llama-server a benchmark starts (for example `--flash-attn off`, to match Sluice's CPU
+ * default).
  */
 export async function startLlamaServer(options: LlamaServerOptions): Promise<LlamaServer> {
   const binaries = options.binaries ?? findLlamaBinaries();
@@ -225,6 +227,7 @@ export async function startLlamaServer(options: LlamaServerOptions): Promise<Lla
     "--slots",
     "--metrics",
     ...(options.extraArgs ?? []),
+    ...(process.env.SLUICE_BENCH_LLAMA_ARGS?.split(/\s+/).filter(Boolean) ?? []),
   ];
   const server = await spawnServer({ command: binaries.server, args, url: `http://127.0.0.1:${port}` });
   return { ...server, binaries, args };

@@ -1,9 +1,13 @@
 import type { LlamaEngineOptions, LlamaGpu } from "../engine/LlamaEngine.ts";
 
-/** The flags that choose where a command's model runs (parseArgs options; SLUICE_GPU, SLUICE_GPU_LAYERS). */
+/**
+ * The flags that choose where and how a command's model runs (parseArgs options; SLUICE_GPU,
+ * SLUICE_GPU_LAYERS, SLUICE_FLASH_ATTN).
+ */
 export const GPU_FLAGS = {
   gpu: { type: "string" },
   "gpu-layers": { type: "string" },
+  "flash-attn": { type: "string" },
 } as const;
 
 /** Their help lines, at the column the commands' help uses. */
@@ -11,9 +15,14 @@ export function gpuHelp(column: number): string {
   return (
     `${"  --gpu <backend>".padEnd(column)}auto, cuda, vulkan, metal or off (default: auto where a GPU toolkit\n` +
     `${"".padEnd(column)}is found, else off)\n` +
-    `${"  --gpu-layers <n>".padEnd(column)}model layers to offload: a count, max or auto (default auto)\n`
+    `${"  --gpu-layers <n>".padEnd(column)}model layers to offload: a count, max or auto (default auto)\n` +
+    `${"  --flash-attn <mode>".padEnd(column)}llama.cpp flash attention: on, off or auto (default off on the CPU,\n` +
+    `${"".padEnd(column)}where it is slower; auto on a GPU)\n`
   );
 }
+
+/** `--flash-attn`'s words (llama-server's) as the option's values; anything else goes on to be refused. */
+const FLASH_ATTN: Record<string, boolean | "auto"> = { on: true, off: false, auto: "auto" };
 
 /**
  * The engine options the flags set. Values are passed on as typed: `LlamaEngine.create` checks them and names
@@ -22,9 +31,14 @@ export function gpuHelp(column: number): string {
 export function gpuOptions(values: {
   gpu?: string | undefined;
   "gpu-layers"?: string | undefined;
-}): Pick<LlamaEngineOptions, "gpu" | "gpuLayers"> {
+  "flash-attn"?: string | undefined;
+}): Pick<LlamaEngineOptions, "gpu" | "gpuLayers" | "flashAttention"> {
   const layers = values["gpu-layers"];
+  const flash = values["flash-attn"];
   return {
+    ...(flash !== undefined
+      ? { flashAttention: Object.hasOwn(FLASH_ATTN, flash) ? FLASH_ATTN[flash]! : (flash as "auto") }
+      : {}),
     ...(values.gpu !== undefined ? { gpu: values.gpu as LlamaGpu } : {}),
     ...(layers !== undefined
       ? { gpuLayers: /^\d+$/.test(layers) ? Number(layers) : (layers as "max" | "auto") }

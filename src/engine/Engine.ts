@@ -94,6 +94,8 @@ export interface EngineInfo {
   backend?: EngineBackend;
   /** Model layers offloaded to the GPU (0 on the CPU), for engines that run a model. */
   gpuLayers?: number;
+  /** llama.cpp's flash attention as configured (`"auto"`: on where the backend supports it). */
+  flashAttention?: boolean | "auto";
 }
 
 /** The compute backend a model runs on. */

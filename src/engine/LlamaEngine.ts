@@ -53,6 +53,14 @@ export interface LlamaEngineOptions {
    * memory). Defaults to `"auto"`. Ignored when the CPU runs the model.
    */
   gpuLayers?: number | "max" | "auto";
+  /**
+   * llama.cpp's flash attention (llama-server's `--flash-attn`): `true`, `false` or `"auto"` (on where the
+   * backend supports it). Defaults to `false` on the CPU and `"auto"` on a GPU. On the CPU llama.cpp's
+   * flash-attention kernel is the slower one where it matters most here: reading 50 new prompt tokens after
+   * 700 cached ones took 80 ms with it and 11 ms without (kjv-tiny, 1 thread), and a decode step at 900 tokens
+   * of context 4.9 against 3.2 ms (BENCHMARKS.md, "prefix").
+   */
+  flashAttention?: boolean | "auto";
   /** Model load progress, 0..1. */
   onLoadProgress?: (progress: number) => void;
   /** Aborts loading. */
@@ -88,6 +96,9 @@ export const llamaEngineOptionsSchema = z.strictObject({
         error: GPU_LAYERS_RULE,
       },
     )
+    .optional(),
+  flashAttention: z
+    .union([z.boolean(), z.literal("auto")], { error: 'must be true, false or "auto"' })
     .optional(),
   onLoadProgress: callback<(progress: number) => void>().optional(),
   signal: abortSignal().optional(),
@@ -227,6 +238,7 @@ export class LlamaEngine implements Engine {
       );
     }
     const backend: EngineBackend = llama.gpu === false ? "cpu" : llama.gpu;
+    const flashAttention = options.flashAttention ?? (backend === "cpu" ? false : "auto");
     let model: LlamaModel | undefined;
     try {
       model = await llama.loadModel({
@@ -241,6 +253,7 @@ export class LlamaEngine implements Engine {
         threads,
         batchSize,
         batching: { itemPrioritizationStrategy: decodeFirst },
+        flashAttention,
         ...(options.signal ? { createSignal: options.signal } : {}),
       });
       deliverSamplingErrors(context);
@@ -256,6 +269,7 @@ export class LlamaEngine implements Engine {
         capabilities: { promptCache: true, grammar: true, logprobs: true, speculative: true },
         backend,
         gpuLayers: model.gpuLayers,
+        flashAttention,
       };
       return new LlamaEngine(llama, model, context, info, threads);
     } catch (cause) {

@@ -118,7 +118,17 @@ const runtimeOptionsSchema = llamaEngineOptionsSchema.extend({
 });
 
 /** The options that load a model: they belong to a given engine and are refused beside it. */
-const MODEL_OPTIONS = ["model", "slots", "contextSize", "threads", "batchSize", "onLoadProgress"] as const;
+const MODEL_OPTIONS = [
+  "model",
+  "slots",
+  "contextSize",
+  "threads",
+  "batchSize",
+  "gpu",
+  "gpuLayers",
+  "flashAttention",
+  "onLoadProgress",
+] as const;
 
 /** Validates `Runtime.create`'s options eagerly; throws `SluiceError` `invalid_option` naming the option. */
 export function parseRuntimeOptions(options: RuntimeOptions | undefined): RuntimeOptions {

@@ -4,6 +4,7 @@ import { getLlamaGpuTypes } from "node-llama-cpp";
 import { gpuOptions } from "../../src/cli/gpuFlags.ts";
 import { LlamaEngine } from "../../src/engine/LlamaEngine.ts";
 import { SluiceError } from "../../src/errors.ts";
+import { Runtime } from "../../src/runtime/Runtime.ts";
 
 const gpuTypes = await getLlamaGpuTypes("supported");
 const hasGpuToolkit = gpuTypes.some((type) => type !== false);
@@ -68,4 +69,42 @@ test("the CLI flags map to the engine options as typed", () => {
   assert.deepEqual(gpuOptions({ "gpu-layers": "max" }), { gpuLayers: "max" });
   // Anything else goes through unchanged, for LlamaEngine.create to refuse by name.
   assert.deepEqual(gpuOptions({ gpu: "tpu", "gpu-layers": "-1" }), { gpu: "tpu", gpuLayers: "-1" });
+  assert.deepEqual(gpuOptions({ "flash-attn": "on" }), { flashAttention: true });
+  assert.deepEqual(gpuOptions({ "flash-attn": "off" }), { flashAttention: false });
+  assert.deepEqual(gpuOptions({ "flash-attn": "auto" }), { flashAttention: "auto" });
+  assert.deepEqual(gpuOptions({ "flash-attn": "constructor" }), { flashAttention: "constructor" });
+});
+
+test("flashAttention is checked before anything loads", async () => {
+  for (const bad of ["on", "", 1, null]) {
+    await assert.rejects(
+      LlamaEngine.create({ flashAttention: bad as never }),
+      refused("flashAttention", JSON.stringify(bad)),
+    );
+  }
+});
+
+test("flash attention is off by default on the CPU, and on when asked; both generate", async () => {
+  const prompt = [1, 450, 3186, 310, 278];
+  for (const flashAttention of [undefined, true] as const) {
+    const engine = await LlamaEngine.create({
+      gpu: "off",
+      threads: 1,
+      slots: 1,
+      ...(flashAttention === undefined ? {} : { flashAttention }),
+    });
+    try {
+      assert.equal(engine.info.flashAttention, flashAttention ?? false);
+      const runtime = await Runtime.create({ engine });
+      try {
+        const result = await runtime.generate({ prompt, maxTokens: 4, temperature: 0, ignoreEos: true })
+          .result;
+        assert.equal(result.tokenIds.length, 4);
+      } finally {
+        await runtime.close();
+      }
+    } finally {
+      await engine.close();
+    }
+  }
 });

@@ -23,7 +23,7 @@ const cancels = new Map<string, CancelRecord>();
 async function referenceGreedy(prompt: string, maxTokens: number): Promise<number[]> {
   const llama = await getLlama({ gpu: false, build: "never", skipDownload: true, maxThreads: 1 });
   const model = await llama.loadModel({ modelPath: BUNDLED_MODEL_PATH });
-  const context = await model.createContext({ contextSize: 512, threads: 1 });
+  const context = await model.createContext({ contextSize: 512, threads: 1, flashAttention: false });
   const tokens = [model.tokens.bos!, ...model.tokenize(prompt)] as Token[];
   const out: number[] = [];
   for await (const token of context.getSequence().evaluate(tokens, { temperature: 0, yieldEogToken: true })) {
