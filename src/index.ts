@@ -29,7 +29,8 @@ export {
   type UpstreamPoolOptions,
   type UpstreamSnapshot,
 } from "./gateway/index.ts";
-export type { Drafter, RequestDrafter } from "./runtime/Drafter.ts";
+export type { Drafter, DraftWanted, RequestDrafter } from "./runtime/Drafter.ts";
+export { ModelDrafter, type ModelDrafterStats } from "./runtime/ModelDrafter.ts";
 export { PromptLookup, type PromptLookupOptions } from "./runtime/PromptLookup.ts";
 export type { CancelRecord, RequestRecord } from "./runtime/RequestState.ts";
 export {

@@ -6,7 +6,8 @@ import type { LlamaEngineOptions } from "../engine/LlamaEngine.ts";
 import { SluiceError, toChunkError } from "../errors.ts";
 import type { ChunkError, GenerationRequest, Timings, TokenLogprob } from "../types.ts";
 import { DraftCost } from "./DraftCost.ts";
-import type { Drafter } from "./Drafter.ts";
+import type { Drafter, DraftWanted } from "./Drafter.ts";
+import { ModelDrafter } from "./ModelDrafter.ts";
 import { PrefillSizer } from "./PrefillSizer.ts";
 import { PromptLookup } from "./PromptLookup.ts";
 import { pickSlot, type SlotCandidate } from "./pickSlot.ts";
@@ -61,6 +62,8 @@ export class Runtime {
   /** The drafter of speculative decoding, when on and the engine verifies drafts. */
   readonly #drafter: Drafter | undefined;
   readonly #draftMax: number;
+  /** The draft model's engine when `create` loaded it (`draftModel`): closed with the runtime. */
+  readonly #draftEngine: Engine | undefined;
   /** What verifying drafts costs on this engine, learned from its steps. */
   readonly #draftCost = new DraftCost();
   /** Per slot, the release counter when it was last given back (least recently used goes first). */
@@ -93,8 +96,14 @@ export class Runtime {
   #stepsCompleted = 0;
   readonly #loop: Promise<void>;
 
-  private constructor(engine: Engine, options: RuntimeOptions) {
+  private constructor(
+    engine: Engine,
+    options: RuntimeOptions,
+    drafter: Drafter | undefined,
+    draftEngine: Engine | undefined,
+  ) {
     this.engine = engine;
+    this.#draftEngine = draftEngine;
     this.#slots = new Array(engine.info.slots).fill(undefined);
     const maxStepTokens = Math.max(engine.info.slots + 1, engine.info.maxStepTokens);
     const fixed =
@@ -120,11 +129,7 @@ export class Runtime {
     this.#defaultMaxTokens = options.defaultMaxTokens ?? 256;
     this.#addBos = engine.info.addBos;
     this.#promptCache = (options.promptCache ?? true) && engine.info.capabilities.promptCache;
-    const drafter = options.drafter === "prompt-lookup" ? new PromptLookup() : options.drafter;
-    this.#drafter =
-      drafter !== undefined && drafter !== "off" && engine.info.capabilities.speculative
-        ? drafter
-        : undefined;
+    this.#drafter = drafter;
     this.#draftMax = options.draftMax ?? 8;
     this.#lastUsed = new Array(engine.info.slots).fill(0);
     this.stats = new RuntimeStats(engine.info.slots);
@@ -138,7 +143,24 @@ export class Runtime {
   static async create(options: RuntimeOptions = {}): Promise<Runtime> {
     const parsed = parseRuntimeOptions(options);
     const engine = parsed.engine ?? (await createEngine(modelOptions(parsed)));
-    return new Runtime(engine, parsed);
+    let draftEngine: Engine | undefined;
+    try {
+      let drafter: Drafter | undefined;
+      if (engine.info.capabilities.speculative) {
+        if (parsed.draftModel !== undefined) {
+          draftEngine = await createEngine(draftModelOptions(parsed, engine));
+          drafter = new ModelDrafter(draftEngine);
+        } else if (parsed.drafter === "prompt-lookup") drafter = new PromptLookup();
+        else if (typeof parsed.drafter === "object") drafter = parsed.drafter;
+        drafter?.checkTarget?.(engine.info);
+      }
+      return new Runtime(engine, parsed, drafter, draftEngine);
+    } catch (error) {
+      // What this call loaded is this call's to close; a given engine stays the caller's.
+      await draftEngine?.close().catch(() => {});
+      if (parsed.engine === undefined) await engine.close().catch(() => {});
+      throw error;
+    }
   }
 
   /** Steps the engine has completed since start. */
@@ -278,6 +300,8 @@ export class Runtime {
 
   /** Slot (or queue place) of a finished request given back: completes its cancel record and reports it. */
   #noteFreed(state: RequestState): void {
+    // Every path ends here once the request holds no slot: what its drafter held goes back too.
+    state.speculation?.release();
     if (state.cancelledAt) {
       const now = performance.now();
       state.cancel = {
@@ -321,6 +345,7 @@ export class Runtime {
           const decoding = running.some((s) => s.phase === "decode");
           this.#budget.prefillChunk = this.#budget.prefillBudget = this.#sizer.chunk(decoding);
         }
+        await this.#prepareDrafts(running);
         const planned = planStep(running, this.#budget);
         if (planned.length === 0) {
           if (!this.#pending) await new Promise<void>((resolve) => (this.#wake = resolve));
@@ -334,6 +359,28 @@ export class Runtime {
         // Yield to timers and I/O before going on, so a fault that repeats can never starve the process.
         await new Promise<void>((resolve) => setImmediate(resolve));
       }
+    }
+  }
+
+  /**
+   * A drafter that computes its guesses (a draft model) does so here, for every decoding request that will
+   * ask for a draft in the step about to be planned, batched by the drafter. Its failure only costs drafts.
+   */
+  async #prepareDrafts(running: readonly RequestState[]): Promise<void> {
+    const drafter = this.#drafter;
+    if (drafter?.prepare === undefined) return;
+    const wanted: DraftWanted[] = [];
+    for (const state of running) {
+      const speculation = state.speculation;
+      if (state.phase !== "decode" || speculation === undefined) continue;
+      const room = Math.min(this.#budget.maxStepTokens - 1, state.request.maxTokens - state.generated - 1);
+      const max = speculation.wanted(room, this.#draftCost);
+      if (max > 0) wanted.push({ drafter: speculation.drafter, max });
+    }
+    try {
+      await drafter.prepare(wanted);
+    } catch {
+      // A drafter's own bug: this step goes without what it did not prepare, the requests go on.
     }
   }
 
@@ -596,7 +643,10 @@ export class Runtime {
       if (!drain) for (const state of [...this.#live.values()]) this.#cancel(state);
       this.#notify();
     }
-    this.#closed ??= this.#loop.then(() => this.engine.close());
+    this.#closed ??= this.#loop.then(async () => {
+      await this.engine.close();
+      await this.#draftEngine?.close();
+    });
     return this.#closed;
   }
 
@@ -617,7 +667,19 @@ function modelOptions(options: RuntimeOptions): LlamaEngineOptions {
     promptCache,
     drafter,
     draftMax,
+    draftModel,
     ...model
   } = options;
   return model;
+}
+
+/** The draft model's engine options: the target's slots, threads, context size and GPU options. */
+function draftModelOptions(options: RuntimeOptions, target: Engine): LlamaEngineOptions {
+  const { model: _, onLoadProgress: __, batchSize: ___, ...shared } = modelOptions(options);
+  return {
+    ...shared,
+    model: options.draftModel!,
+    slots: target.info.slots,
+    contextSize: target.info.contextSize,
+  };
 }

@@ -48,13 +48,22 @@ export interface RuntimeOptions extends Omit<LlamaEngineOptions, "signal"> {
   /**
    * Speculative decoding: what guesses the tokens that come next, for the engine to verify several per step.
    * `"prompt-lookup"`: n-gram matches against the prompt and the output so far (`PromptLookup`, n from 3 down
-   * to 1; no second model), `"off"` (the default), or a `Drafter` of your own (a `PromptLookup` with other
-   * n-gram sizes). Needs an engine that verifies drafts (`capabilities.speculative`; ignored otherwise).
-   * Requests speculate unless they ask `speculative: false` or use what verification does not support
-   * (grammar, logprobs, penalties, logitBias, minTokens). Greedy output is the same token for token; see the
-   * README's Speculative decoding for sampling and seeds.
+   * to 1; no second model); `"draft-model"`: a small model with the same vocabulary drafts greedily
+   * (`ModelDrafter` over the `draftModel` engine; the default when `draftModel` is given, and refused without
+   * it); `"off"` (the default otherwise), or a `Drafter` of your own (a `PromptLookup` with other n-gram sizes,
+   * a `ModelDrafter` over an engine you created). Needs an engine that verifies drafts
+   * (`capabilities.speculative`; ignored otherwise). Requests speculate unless they ask `speculative: false` or
+   * use what verification does not support (grammar, logprobs, penalties, logitBias, minTokens). Greedy output
+   * is the same token for token; see the README's Speculative decoding for sampling and seeds.
    */
-  drafter?: "prompt-lookup" | "off" | Drafter;
+  drafter?: "prompt-lookup" | "draft-model" | "off" | Drafter;
+  /**
+   * Path of a GGUF draft model for speculative decoding (llama-server's `--model-draft`): a smaller model with
+   * the target's vocabulary (checked token for token; `invalid_option` otherwise). `Runtime.create` loads it
+   * with the target's slots, threads, context size and GPU options and closes it on `close()`; `drafter`
+   * then defaults to `"draft-model"` and cannot be another drafter. Defaults to none.
+   */
+  draftModel?: string;
   /**
    * Most draft tokens per request per step (llama.cpp's `--spec-draft-n-max`, formerly `--draft-max`), an
    * integer from 1 to 64. Defaults to 8. Each request's draft length adapts below it to its recent
@@ -110,10 +119,11 @@ const runtimeOptionsSchema = llamaEngineOptionsSchema.extend({
   defaultMaxTokens: integer(1, 1 << 24).optional(),
   promptCache: z.boolean({ error: "must be true or false" }).optional(),
   drafter: z
-    .union([z.enum(["prompt-lookup", "off"]), z.custom<Drafter>(isDrafter)], {
-      error: 'must be "prompt-lookup", "off" or a Drafter (name and start(prompt))',
+    .union([z.enum(["prompt-lookup", "draft-model", "off"]), z.custom<Drafter>(isDrafter)], {
+      error: 'must be "prompt-lookup", "draft-model", "off" or a Drafter (name and start(prompt))',
     })
     .optional(),
+  draftModel: z.string({ error: "must be the path of a GGUF file" }).min(1, "must not be empty").optional(),
   draftMax: integer(1, 64).optional(),
 });
 
@@ -142,6 +152,20 @@ export function parseRuntimeOptions(options: RuntimeOptions | undefined): Runtim
         { param: clash },
       );
     }
+  }
+  if (parsed.drafter === "draft-model" && parsed.draftModel === undefined) {
+    throw new SluiceError(
+      "invalid_option",
+      'Runtime.create: drafter "draft-model" needs draftModel, the path of a GGUF draft model with the target\'s vocabulary; give draftModel or pick another drafter.',
+      { param: "draftModel" },
+    );
+  }
+  if (parsed.draftModel !== undefined && parsed.drafter !== undefined && parsed.drafter !== "draft-model") {
+    throw new SluiceError(
+      "invalid_option",
+      `Runtime.create: draftModel drafts with the drafter "draft-model", not ${typeof parsed.drafter === "string" ? `"${parsed.drafter}"` : "a Drafter of your own"}; remove draftModel or drafter.`,
+      { param: "draftModel" },
+    );
   }
   return parsed;
 }

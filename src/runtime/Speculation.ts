@@ -8,7 +8,8 @@ import { DraftLength } from "./DraftLength.ts";
  * (`verified`) and feeds every token the request takes (`push`).
  */
 export class Speculation {
-  readonly #drafter: RequestDrafter;
+  /** The request's drafter (what `Drafter.prepare` is told about). */
+  readonly drafter: RequestDrafter;
   readonly length: DraftLength;
   /** The draft sent with the step in flight (empty when none). */
   draft: readonly number[] = NO_DRAFT;
@@ -19,13 +20,28 @@ export class Speculation {
   #shadow = -1;
 
   constructor(drafter: RequestDrafter, maxDraft: number) {
-    this.#drafter = drafter;
+    this.drafter = drafter;
     this.length = new DraftLength(maxDraft);
   }
 
   /** A token the request took. */
   push(token: number): void {
-    this.#drafter.push(token);
+    this.drafter.push(token);
+  }
+
+  /** The request is over and its slot free: the drafter lets go of what it held. */
+  release(): void {
+    this.drafter.release?.();
+  }
+
+  /**
+   * The most tokens `propose` will ask the drafter for with at most `room` tokens of room: the current draft
+   * length, or 1 at length 0 (the free one-token guess), 0 when there is no room. What `Drafter.prepare` is
+   * told, so that a drafter computing its guesses ahead computes no more than will be asked.
+   */
+  wanted(room: number, cost: DraftCost): number {
+    if (room <= 0) return 0;
+    return Math.min(Math.max(1, this.length.current(cost)), room);
   }
 
   /**
@@ -36,9 +52,9 @@ export class Speculation {
     this.#shadow = -1;
     const length = this.length.current(cost);
     if (length === 0 || room <= 0) {
-      if (length === 0 && room > 0) this.#shadow = this.#drafter.draft(1)[0] ?? -1;
+      if (length === 0 && room > 0) this.#shadow = this.drafter.draft(1)[0] ?? -1;
       this.draft = NO_DRAFT;
-    } else this.draft = this.#drafter.draft(Math.min(length, room));
+    } else this.draft = this.drafter.draft(Math.min(length, room));
     this.drafted += this.draft.length;
     return this.draft;
   }
