@@ -66,13 +66,17 @@ export interface Choice {
 export interface ResponseShape {
   /** An event before the first delta of a choice (chat: the assistant role), if the format has one. */
   opening(index: number): string | undefined;
-  /** A text delta. Built by concatenation: this runs once per token. */
-  delta(text: string, index: number): string;
+  /**
+   * A text delta. Built by concatenation: this runs once per token. `completionTokens`: the choice's tokens
+   * so far, for continuous usage (see `ShapeInit.continuousUsage`); ignored without it.
+   */
+  delta(text: string, index: number, completionTokens?: number): string;
   /** Any delta (log-probabilities, tool calls): one JSON.stringify, off the plain text path. */
-  deltaOf(index: number, delta: ChoiceDelta): string;
+  deltaOf(index: number, delta: ChoiceDelta, completionTokens?: number): string;
   /**
    * The one chunk of a choice with `finish_reason`; `rest`: log-probabilities of tokens that reached no
-   * text delta (a stop string's, a partial character's), or a last tool-call fragment.
+   * text delta (a stop string's, a partial character's), or a last tool-call fragment. With continuous
+   * usage its `usage` counts the choice's whole result.
    */
   finish(index: number, result: GenerationResult, extension: SluiceExtension, rest?: ChoiceRest): string;
   /** The usage chunk of `stream_options.include_usage`, over every choice. */
@@ -87,6 +91,16 @@ export interface ShapeInit {
   /** Unix seconds. */
   created: number;
   includeUsage: boolean;
+  /**
+   * vLLM's `stream_options.continuous_usage_stats` (taken with `include_usage` only, as vLLM does): every
+   * streamed chunk carries `usage` instead of null, for its choice so far: the prompt's tokens and the
+   * choice's completion tokens up to and including that chunk. As in vLLM each choice counts its own tokens
+   * (with `n` > 1 a chunk's count is its choice's); the final usage chunk still sums them over all choices.
+   */
+  continuousUsage?: {
+    /** The prompt's token count: asked for once, when the first chunk is built (the request is accepted). */
+    promptTokens(): number;
+  };
   /** Only OpenAI's finish_reason values (see `finishReason`). Defaults to false. */
   strictFinishReason?: boolean;
   /** Set when the request asked for log-probabilities: responses carry them in the route's shape. */
@@ -108,6 +122,53 @@ function usageOf(results: readonly GenerationResult[]) {
     // OpenAI's field for prompt tokens served from the prompt cache.
     prompt_tokens_details: { cached_tokens: first.cachedTokens },
   };
+}
+
+/** Continuous usage of one response: the prompt counted once, a choice's completion tokens per chunk. */
+class RunningUsage {
+  readonly #source: NonNullable<ShapeInit["continuousUsage"]>;
+  #prompt: number | undefined;
+
+  constructor(source: NonNullable<ShapeInit["continuousUsage"]>) {
+    this.#source = source;
+  }
+
+  get #promptTokens(): number {
+    this.#prompt ??= this.#source.promptTokens();
+    return this.#prompt;
+  }
+
+  of(completionTokens: number) {
+    const prompt = this.#promptTokens;
+    return {
+      prompt_tokens: prompt,
+      completion_tokens: completionTokens,
+      total_tokens: prompt + completionTokens,
+    };
+  }
+
+  /** The same as JSON text, by concatenation (the plain text path runs once per token). */
+  json(completionTokens: number): string {
+    const prompt = this.#promptTokens;
+    return `{"prompt_tokens":${prompt},"completion_tokens":${completionTokens},"total_tokens":${prompt + completionTokens}}`;
+  }
+}
+
+function runningUsage(init: ShapeInit): RunningUsage | undefined {
+  const source = init.continuousUsage;
+  return init.includeUsage && source !== undefined ? new RunningUsage(source) : undefined;
+}
+
+/**
+ * A streamed chunk's `usage` field, for a choice with `completionTokens` so far: its running usage with
+ * continuous usage, null with `include_usage` alone, absent otherwise.
+ */
+function chunkUsage(init: ShapeInit, running: RunningUsage | undefined) {
+  if (running !== undefined) {
+    return (completionTokens: number | undefined) => ({ usage: running.of(completionTokens ?? 0) });
+  }
+  const none = init.includeUsage ? { usage: null } : {};
+  return (_completionTokens?: number) => none;
 }
 
 function envelope(init: ShapeInit, object: string) {
@@ -133,7 +194,10 @@ export function completionShape(init: ShapeInit): ResponseShape {
   const usageNull = init.includeUsage ? ',"usage":null' : "";
   const strict = init.strictFinishReason === true;
   const prefix = `${head},"choices":[{"text":`;
-  const suffix = perIndex((index) => `,"index":${index},"logprobs":null,"finish_reason":null}]${usageNull}}`);
+  const running = runningUsage(init);
+  const choiceEnd = perIndex((index) => `,"index":${index},"logprobs":null,"finish_reason":null}]`);
+  const suffix = perIndex((index) => `${choiceEnd(index)}${usageNull}}`);
+  const usageAt = chunkUsage(init, running);
   const renderer = init.logprobs;
   // Where each choice's next token starts in its text (the legacy shape's text_offset).
   const offsets: number[] = [];
@@ -143,23 +207,33 @@ export function completionShape(init: ShapeInit): ResponseShape {
     offsets[index] = end;
     return value;
   };
-  const chunk = (choice: Record<string, unknown>, extra: Record<string, unknown> = {}) =>
+  const chunk = (
+    choice: Record<string, unknown>,
+    completionTokens: number | undefined,
+    extra: Record<string, unknown> = {},
+  ) =>
     JSON.stringify({
       ...envelope(init, "text_completion"),
       choices: [choice],
-      ...(init.includeUsage ? { usage: null } : {}),
+      ...usageAt(completionTokens),
       ...extra,
     });
   return {
     opening: () => undefined,
-    delta: (text, index) => prefix + JSON.stringify(text) + suffix(index),
-    deltaOf: (index, delta) =>
-      chunk({
-        text: delta.content ?? "",
-        index,
-        logprobs: legacy(index, delta.logprobs),
-        finish_reason: null,
-      }),
+    delta: (text, index, completionTokens) =>
+      running === undefined
+        ? prefix + JSON.stringify(text) + suffix(index)
+        : `${prefix}${JSON.stringify(text)}${choiceEnd(index)},"usage":${running.json(completionTokens ?? 0)}}`,
+    deltaOf: (index, delta, completionTokens) =>
+      chunk(
+        {
+          text: delta.content ?? "",
+          index,
+          logprobs: legacy(index, delta.logprobs),
+          finish_reason: null,
+        },
+        completionTokens,
+      ),
     finish: (index, result, extension, rest) =>
       chunk(
         {
@@ -168,6 +242,7 @@ export function completionShape(init: ShapeInit): ResponseShape {
           logprobs: rest?.logprobs?.length ? legacy(index, rest.logprobs) : null,
           finish_reason: rest?.finishReason ?? finishReason(result.reason, strict),
         },
+        result.usage.completionTokens,
         { timings: result.timings, sluice: extension },
       ),
     usage: (results) =>
@@ -195,7 +270,10 @@ export function chatShape(init: ShapeInit): ResponseShape {
   const usageNull = init.includeUsage ? ',"usage":null' : "";
   const strict = init.strictFinishReason === true;
   const prefix = perIndex((index) => `${head},"choices":[{"index":${index},"delta":{"content":`);
-  const suffix = `},"logprobs":null,"finish_reason":null}]${usageNull}}`;
+  const choiceEnd = `},"logprobs":null,"finish_reason":null}]`;
+  const suffix = `${choiceEnd}${usageNull}}`;
+  const running = runningUsage(init);
+  const usageAt = chunkUsage(init, running);
   const renderer = init.logprobs;
   const logprobsOf = (entries: readonly TokenLogprob[] | undefined) =>
     renderer === undefined ? null : { content: renderer.chat(entries ?? []), refusal: null };
@@ -206,15 +284,17 @@ export function chatShape(init: ShapeInit): ResponseShape {
       choices,
       ...extra,
     });
-  const nullUsage = init.includeUsage ? { usage: null } : {};
   return {
     opening: (index) =>
       chunk(
         [{ index, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }],
-        nullUsage,
+        usageAt(0),
       ),
-    delta: (text, index) => prefix(index) + JSON.stringify(text) + suffix,
-    deltaOf: (index, delta) =>
+    delta: (text, index, completionTokens) =>
+      running === undefined
+        ? prefix(index) + JSON.stringify(text) + suffix
+        : `${prefix(index)}${JSON.stringify(text)}${choiceEnd},"usage":${running.json(completionTokens ?? 0)}}`,
+    deltaOf: (index, delta, completionTokens) =>
       chunk(
         [
           {
@@ -227,7 +307,7 @@ export function chatShape(init: ShapeInit): ResponseShape {
             finish_reason: null,
           },
         ],
-        nullUsage,
+        usageAt(completionTokens),
       ),
     finish: (index, result, extension, rest) =>
       chunk(
@@ -242,7 +322,7 @@ export function chatShape(init: ShapeInit): ResponseShape {
             finish_reason: rest?.finishReason ?? finishReason(result.reason, strict),
           },
         ],
-        { ...nullUsage, timings: result.timings, sluice: extension },
+        { ...usageAt(result.usage.completionTokens), timings: result.timings, sluice: extension },
       ),
     usage: (results) => chunk([], { usage: usageOf(results) }),
     body: (choices) => ({

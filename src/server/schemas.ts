@@ -71,7 +71,12 @@ const sampling = {
   min_tokens: z.int().min(0).nullish(),
   stream: z.boolean().nullish(),
   stream_options: z
-    .strictObject({ include_usage: z.boolean().nullish(), include_obfuscation: z.boolean().nullish() })
+    .strictObject({
+      include_usage: z.boolean().nullish(),
+      include_obfuscation: z.boolean().nullish(),
+      // vLLM's: usage on every chunk (with include_usage).
+      continuous_usage_stats: z.boolean().nullish(),
+    })
     .nullish(),
   n: z.int().min(1).max(MAX_N).nullish(),
   presence_penalty: penalty,

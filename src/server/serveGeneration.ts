@@ -185,13 +185,16 @@ async function streamChoice(
   const { shape } = plan;
   const opening = shape.opening(index);
   if (opening !== undefined) sse.data(opening);
-  if (plan.echo) sse.data(shape.delta(plan.echo, index));
+  if (plan.echo) sse.data(shape.delta(plan.echo, index, 0));
   // Log-probabilities of tokens whose text has not gone out yet (a partial character, a control token).
   let pending: TokenLogprob[] | undefined;
   const parser = plan.toolCalls === undefined ? undefined : new ToolCallParser(plan.toolCalls);
   let calls = 0;
+  // The choice's tokens so far, for continuous usage: a chunk held back is counted by the next one sent.
+  let tokens = 0;
   for await (const chunk of channel) {
     if (!sse.open) continue;
+    tokens += chunk.tokenIds.length;
     let sent: boolean;
     if (parser !== undefined) {
       if (plan.logprobs && chunk.logprobs?.length) (pending ??= []).push(...chunk.logprobs);
@@ -200,7 +203,7 @@ async function streamChoice(
       calls += countCalls(out.calls);
       // Held back (a possible tag start, a call's head): its tokens' log-probabilities wait with it.
       if (out.content === "" && out.calls.length === 0) continue;
-      sent = sendParsed(sse, shape, index, out, pending);
+      sent = sendParsed(sse, shape, index, out, pending, tokens);
       pending = undefined;
     } else if (plan.logprobs) {
       if (chunk.text.length === 0) {
@@ -210,10 +213,10 @@ async function streamChoice(
       const logprobs =
         pending === undefined ? (chunk.logprobs ?? []) : [...pending, ...(chunk.logprobs ?? [])];
       pending = undefined;
-      sent = sse.data(shape.deltaOf(index, { content: chunk.text, logprobs }));
+      sent = sse.data(shape.deltaOf(index, { content: chunk.text, logprobs }, tokens));
     } else {
       if (chunk.text.length === 0) continue;
-      sent = sse.data(shape.delta(chunk.text, index));
+      sent = sse.data(shape.delta(chunk.text, index, tokens));
     }
     // Backed up: stop pulling. The channel merges what the runtime produces meanwhile, so a slow client
     // costs one growing string, not a queue of events.
@@ -227,7 +230,7 @@ async function streamChoice(
     const out = parser.end();
     calls += countCalls(out.calls);
     if (out.content !== "" || out.calls.length > 0) {
-      sendParsed(sse, shape, index, out, pending);
+      sendParsed(sse, shape, index, out, pending, tokens);
       pending = undefined;
     }
     finishReason = toolCallsFinish(calls, result);
@@ -252,8 +255,9 @@ function countCalls(deltas: readonly ToolCallDelta[]): number {
 /**
  * A choice's parsed output as OpenAI streams it: its content in one delta, then each tool-call piece in a
  * delta of its own (a call's first carries its index, id, type and name with `arguments: ""`, the next ones
- * fragments of its arguments). `logprobs`, when asked for, ride with the first of them. Returns whether the
- * socket took everything (false: backed up).
+ * fragments of its arguments). `logprobs`, when asked for, ride with the first of them; `completionTokens`
+ * (continuous usage) is the choice's count with all of them. Returns whether the socket took everything
+ * (false: backed up).
  */
 function sendParsed(
   sse: SseWriter,
@@ -261,19 +265,29 @@ function sendParsed(
   index: number,
   out: ToolCallOutput,
   logprobs: readonly TokenLogprob[] | undefined,
+  completionTokens: number,
 ): boolean {
   let carried = logprobs;
   let sent = true;
   if (out.content !== "") {
     sent = sse.data(
-      shape.deltaOf(index, { content: out.content, ...(carried ? { logprobs: carried } : {}) }),
+      shape.deltaOf(
+        index,
+        { content: out.content, ...(carried ? { logprobs: carried } : {}) },
+        completionTokens,
+      ),
     );
     carried = undefined;
   }
   for (const call of out.calls) {
     sent =
-      sse.data(shape.deltaOf(index, { toolCalls: [call], ...(carried ? { logprobs: carried } : {}) })) &&
-      sent;
+      sse.data(
+        shape.deltaOf(
+          index,
+          { toolCalls: [call], ...(carried ? { logprobs: carried } : {}) },
+          completionTokens,
+        ),
+      ) && sent;
     carried = undefined;
   }
   return sent;

@@ -5,10 +5,10 @@ import { readJsonBody } from "../body.ts";
 import { renderChatRequest, toolCallPlan } from "../chatRequest.ts";
 import { badRequest, fromZodError } from "../httpErrors.ts";
 import { LogprobRenderer } from "../logprobs.ts";
-import { chatShape, completionShape } from "../openaiShapes.ts";
+import { chatShape, completionShape, type ShapeInit } from "../openaiShapes.ts";
 import type { Handler, RouteContext } from "../router.ts";
 import type { ServerContext } from "../ServerContext.ts";
-import { chatRequestSchema, completionRequestSchema, MAX_N } from "../schemas.ts";
+import { type CompletionRequestBody, chatRequestSchema, completionRequestSchema, MAX_N } from "../schemas.ts";
 import { serveGeneration } from "../serveGeneration.ts";
 import { checkModel, samplingOf, wireNames } from "../toGenerationRequest.ts";
 
@@ -30,6 +30,7 @@ export function completionsRoute(server: ServerContext): Handler {
         ? body.prompt[0]!
         : (body.prompt as string | number[]);
     const includeUsage = body.stream_options?.include_usage === true;
+    const continuousUsage = continuousUsageOf(body, () => promptTokenCount(server, prompt));
     const skipSpecial = body.skip_special_tokens ?? true;
     const logprobs = body.logprobs ?? undefined;
     const request: GenerationRequest = {
@@ -48,6 +49,7 @@ export function completionsRoute(server: ServerContext): Handler {
         model,
         created: unixNow(),
         includeUsage,
+        ...continuousUsage,
         strictFinishReason: server.options.strictFinishReason,
         ...(logprobs !== undefined ? { logprobs: renderer(server, skipSpecial) } : {}),
       }),
@@ -73,6 +75,8 @@ export function chatCompletionsRoute(server: ServerContext): Handler {
     const stopTokenIds = [...new Set([...(sampling.stopTokenIds ?? []), ...chat.stopTokenIds])];
     const maxTokens = body.max_completion_tokens ?? body.max_tokens;
     const includeUsage = body.stream_options?.include_usage === true;
+    // The rendered chat is token ids: the runtime reads exactly these.
+    const continuousUsage = continuousUsageOf(body, () => chat.tokens.length);
     const logprobs = body.logprobs === true ? (body.top_logprobs ?? 0) : undefined;
     const request: GenerationRequest = {
       ...sampling,
@@ -94,6 +98,7 @@ export function chatCompletionsRoute(server: ServerContext): Handler {
         model,
         created: unixNow(),
         includeUsage,
+        ...continuousUsage,
         strictFinishReason: server.options.strictFinishReason,
         ...(logprobs !== undefined ? { logprobs: renderer(server, body.skip_special_tokens ?? true) } : {}),
       }),
@@ -131,6 +136,33 @@ function fanOut(request: GenerationRequest, id: string, n: number): (GenerationR
     id: i === 0 ? id : `${id}-${i}`,
     ...(request.seed !== undefined && i > 0 ? { seed: (request.seed + i) % 2 ** 32 } : {}),
   }));
+}
+
+/**
+ * vLLM's `stream_options.continuous_usage_stats`: usage on every chunk of a stream that asked for
+ * `include_usage` too (vLLM ignores it otherwise; so does Sluice). `promptTokens` is called once, after the
+ * request is accepted.
+ */
+function continuousUsageOf(
+  body: Pick<CompletionRequestBody, "stream" | "stream_options">,
+  promptTokens: () => number,
+): Pick<ShapeInit, "continuousUsage"> {
+  const options = body.stream_options;
+  const on =
+    body.stream === true && options?.include_usage === true && options.continuous_usage_stats === true;
+  return on ? { continuousUsage: { promptTokens } } : {};
+}
+
+/**
+ * The prompt's token count as the runtime reads it: token ids as given; text tokenized as the runtime does
+ * (control-token text as plain text, BOS in front when the model wants one). Called after the runtime accepted
+ * the prompt, so the text fits the context.
+ */
+function promptTokenCount(server: ServerContext, prompt: string | readonly number[]): number {
+  if (typeof prompt !== "string") return prompt.length;
+  const { engine } = server.runtime;
+  const bos = engine.info.addBos && engine.info.vocabulary.bos !== undefined ? 1 : 0;
+  return bos + engine.tokenize(prompt, { special: false }).length;
 }
 
 function renderer(server: ServerContext, skipSpecialTokens: boolean): LogprobRenderer {
