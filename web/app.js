@@ -20,7 +20,8 @@ let model;
  */
 function settings() {
   /** @type {Record<string, unknown>} */
-  const body = { stream: true, stream_options: { include_usage: true } };
+  // Continuous usage (vLLM's): every chunk says how many tokens so far, and a chunk may hold several.
+  const body = { stream: true, stream_options: { include_usage: true, continuous_usage_stats: true } };
   if (model !== undefined) body.model = model;
   const numbers = /** @type {const} */ ([
     ["max_tokens", "max-tokens"],

@@ -167,13 +167,18 @@ export class Chat {
       reply.error = event.error?.message ?? "The reply failed.";
       return;
     }
-    if (event.usage) reply.usage = event.usage;
     const choice = event.choices?.[0];
-    if (choice === undefined) return;
-    const delta = choice.delta ?? {};
+    const completionTokens = event.usage?.completion_tokens;
+    const delta = choice?.delta ?? {};
+    if (typeof delta.content === "string" && delta.content !== "") reply.chunk(completionTokens);
+    else reply.count(completionTokens);
+    // The final usage chunk (no choices) has the prompt's figures; the others count completion tokens only.
+    if (choice === undefined) {
+      if (event.usage) reply.usage = event.usage;
+      return;
+    }
     const { turn } = reply;
     if (typeof delta.content === "string" && delta.content !== "") {
-      reply.chunk();
       turn.content += delta.content;
       turn.text.appendData(delta.content);
       reply.advance("streaming");
@@ -245,7 +250,7 @@ export class Chat {
     if (reply.phase === "done") {
       const usage = reply.usage;
       turn.element.dataset.finish = reply.finishReason ?? (reply.aborted ? "cancelled" : "");
-      turn.element.dataset.tokens = String(usage?.completion_tokens ?? reply.chunks);
+      turn.element.dataset.tokens = String(reply.tokens);
       if (usage !== undefined) {
         turn.element.dataset.cached = String(usage.prompt_tokens_details?.cached_tokens ?? 0);
       }
@@ -273,19 +278,24 @@ function statusText(reply) {
 
 /**
  * The line under a reply: live while it streams; once done, the server's figures, e.g.
- * "20 tokens · 85 tok/s · prompt 75 tokens, 60 cached · stopped in 1 step".
+ * "20 tokens · 85 tok/s · 2.3 tok/step · prompt 75 tokens, 60 cached · stopped in 1 step" (tok/step only
+ * above 1: several tokens per step, as speculative decoding gives).
  * @param {Reply} reply
  */
 function metaText(reply) {
-  const tokens = reply.usage?.completion_tokens ?? reply.chunks;
+  const tokens = reply.tokens;
   const live = reply.liveRate;
   if (reply.phase !== "done") {
     const rate = live === undefined ? "" : ` · ${live.toFixed(0)} tok/s`;
-    return reply.chunks === 0 ? statusText(reply) : `${tokens} tokens${rate} · ${statusText(reply)}`;
+    const perStep = perStepText(reply);
+    const step = perStep === undefined ? "" : ` · ${perStep}`;
+    return reply.chunks === 0 ? statusText(reply) : `${tokens} tokens${rate}${step} · ${statusText(reply)}`;
   }
   const parts = [`${tokens} token${tokens === 1 ? "" : "s"}`];
   const rate = tokens > 1 ? (reply.sluice?.timings.tokensPerSecond ?? live) : undefined;
   if (rate !== undefined && Number.isFinite(rate)) parts.push(`${rate.toFixed(0)} tok/s`);
+  const perStep = perStepText(reply);
+  if (perStep !== undefined) parts.push(perStep);
   const usage = reply.usage;
   if (usage !== undefined) {
     parts.push(
@@ -304,4 +314,16 @@ function metaText(reply) {
   else if (reply.finishReason === "length") parts.push("cut at max tokens");
   else if (reply.finishReason === "tool_calls") parts.push("tool calls");
   return parts.join(" · ");
+}
+
+/**
+ * "2.3 tok/step" when the reply's chunks carry more than one token on average (the server counts them),
+ * else undefined.
+ * @param {Reply} reply
+ * @returns {string | undefined}
+ */
+function perStepText(reply) {
+  const perStep = reply.tokensPerStep?.toFixed(1);
+  // Compared once rounded, so that 1.04 never shows as "1.0 tok/step".
+  return perStep !== undefined && Number(perStep) > 1 ? `${perStep} tok/step` : undefined;
 }

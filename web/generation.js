@@ -36,6 +36,19 @@ export class Generation {
   /** @type {number | undefined} */ lastAt;
   /** Text chunks received so far. */
   chunks = 0;
+  /**
+   * Completion tokens so far: the server's count when its chunks carry `usage` (vLLM's continuous usage: with
+   * speculative decoding a chunk may hold several tokens), else one per text chunk (a server without it, such
+   * as an upstream behind the gateway).
+   */
+  tokens = 0;
+  /** Whether `tokens` is the server's count (a chunk carried `usage`) rather than the chunks'. */
+  #counted = false;
+  /** Whether text chunks carried the count (not only the final usage chunk): tokens per step are known. */
+  #stepsCounted = false;
+  /** `tokens` when the first and the latest text chunk arrived, for the live rate. */
+  #firstTokens = 0;
+  #lastTokens = 0;
   /** @type {string | undefined} */ finishReason;
   /** @type {SluiceExtension | undefined} */ sluice;
   /** Whether Stop closed the connection itself (the DELETE did not get through). */
@@ -55,20 +68,52 @@ export class Generation {
     this.#changed();
   }
 
-  /** Counts one chunk of text as it arrives, for the live rate. */
-  chunk() {
+  /**
+   * Counts one chunk of text as it arrives, for the live figures.
+   * @param {unknown} [completionTokens] the chunk's `usage.completion_tokens`, when it has one
+   */
+  chunk(completionTokens) {
     const at = performance.now();
-    this.firstAt ??= at;
-    this.lastAt = at;
     this.chunks++;
+    this.count(completionTokens);
+    if (typeof completionTokens === "number") this.#stepsCounted = true;
+    if (this.firstAt === undefined) {
+      this.firstAt = at;
+      this.#firstTokens = this.tokens;
+    }
+    this.lastAt = at;
+    this.#lastTokens = this.tokens;
   }
 
-  /** Tokens per second measured in the page from the chunks' arrival, once there are two. */
+  /**
+   * Takes the server's count from any chunk, with text or not (a finish chunk, the usage chunk); without
+   * one, the count stays one per text chunk until a chunk brings one.
+   * @param {unknown} completionTokens the chunk's `usage.completion_tokens`, when it has one
+   */
+  count(completionTokens) {
+    if (typeof completionTokens === "number") {
+      this.tokens = completionTokens;
+      this.#counted = true;
+    } else if (!this.#counted) this.tokens = this.chunks;
+  }
+
+  /**
+   * Tokens per second measured in the page: the tokens that arrived after the first text chunk, over the
+   * time since it, once there are two chunks.
+   */
   get liveRate() {
     const { chunks, firstAt, lastAt } = this;
     return chunks > 1 && firstAt !== undefined && lastAt !== undefined && lastAt > firstAt
-      ? ((chunks - 1) * 1000) / (lastAt - firstAt)
+      ? ((this.#lastTokens - this.#firstTokens) * 1000) / (lastAt - firstAt)
       : undefined;
+  }
+
+  /**
+   * Tokens per text chunk, when the chunks carry the server's count: above 1 when steps accept several
+   * tokens (speculative decoding) or the stream merged deltas; undefined when only chunks are counted.
+   */
+  get tokensPerStep() {
+    return this.#stepsCounted ? this.#lastTokens / this.chunks : undefined;
   }
 
   /**

@@ -3,7 +3,7 @@ import { Generation, oncePerFrame, PHASE_TEXT, setText } from "./generation.js";
 
 /**
  * @typedef {{ body: Record<string, unknown>, prompt: string }} Settings
- * @typedef {Generation & { completionTokens?: number }} Run one generation (see Generation)
+ * @typedef {Generation} Run one generation
  */
 
 const NONE = "–";
@@ -103,15 +103,15 @@ export class Pane {
       run.error = event.error?.message ?? "The generation failed.";
       return;
     }
-    if (event.usage) run.completionTokens = event.usage.completion_tokens;
+    const completionTokens = event.usage?.completion_tokens;
     const choice = event.choices?.[0];
-    if (choice === undefined) return;
-    if (typeof choice.text === "string" && choice.text !== "") {
-      run.chunk();
+    if (typeof choice?.text === "string" && choice.text !== "") {
+      run.chunk(completionTokens);
       this.#text.appendData(choice.text);
       run.advance("streaming");
       this.#scheduleRender();
-    }
+    } else run.count(completionTokens);
+    if (choice === undefined) return;
     if (choice.finish_reason) {
       run.finishReason = choice.finish_reason;
       run.sluice = event.sluice;
@@ -144,8 +144,9 @@ export class Pane {
     this.element.dataset.phase = run?.phase ?? "idle";
     if (run === undefined) return;
     const final = run.phase === "done" ? run.sluice : undefined;
-    const tokens = run.completionTokens ?? run.chunks;
+    const tokens = run.tokens;
     const liveRate = run.liveRate;
+    const perStep = run.tokensPerStep;
     const rate = final !== undefined && tokens > 0 ? final.timings.tokensPerSecond : liveRate;
     const firstToken =
       final !== undefined && tokens > 0
@@ -157,6 +158,7 @@ export class Pane {
     // No request id: the server never accepted the request, so there is no count to show.
     this.#set("tokens", run.id === undefined && run.chunks === 0 ? NONE : String(tokens));
     this.#set("rate", rate === undefined || !Number.isFinite(rate) ? NONE : `${rate.toFixed(0)} tok/s`);
+    this.#set("step", perStep === undefined ? NONE : `${perStep.toFixed(1)} tok/step`);
     this.#set("ttft", firstToken === undefined ? NONE : `${ms(firstToken)} ms`);
     const reason = run.finishReason ?? (run.aborted ? "cancelled" : "");
     this.#set("finish", run.phase === "done" ? finishText(run) : NONE, run.phase === "done" ? reason : "");

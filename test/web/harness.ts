@@ -121,7 +121,7 @@ export class PlaygroundPage {
     return this.pane(n).getByRole("button", { name, exact: true });
   }
 
-  stat(n: number, name: "status" | "tokens" | "rate" | "ttft" | "finish" | "cancel"): Locator {
+  stat(n: number, name: "status" | "tokens" | "rate" | "step" | "ttft" | "finish" | "cancel"): Locator {
     return this.pane(n).locator(`[data-stat="${name}"]`);
   }
 
