@@ -1,6 +1,7 @@
 import { SluiceError } from "../errors.ts";
 import { Runtime } from "../runtime/Runtime.ts";
 import type { GenerationRequest, GenerationResult } from "../types.ts";
+import { DRAFT_FLAGS, draftHelp, draftOptions } from "./draftFlags.ts";
 import { parseArgs } from "./env.ts";
 import { GPU_FLAGS, gpuHelp, gpuOptions } from "./gpuFlags.ts";
 import { StatusLine } from "./StatusLine.ts";
@@ -24,7 +25,7 @@ Options:
   --special             keep special tokens in the text
   --threads <n>         CPU threads (default: half the cores)
   --context-size <n>    tokens per slot
-${gpuHelp(24)}  --json                print every chunk and the result as JSON lines
+${gpuHelp(24)}${draftHelp(24, false)}  --json                print every chunk and the result as JSON lines
   -h, --help            this help
 `;
 
@@ -54,6 +55,7 @@ export async function generateCommand(argv: string[]): Promise<number> {
       threads: { type: "string" },
       "context-size": { type: "string" },
       ...GPU_FLAGS,
+      ...DRAFT_FLAGS,
       json: { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
@@ -73,6 +75,7 @@ export async function generateCommand(argv: string[]): Promise<number> {
     ...(threads !== undefined ? { threads } : {}),
     ...(contextSize !== undefined ? { contextSize } : {}),
     ...gpuOptions(values),
+    ...draftOptions(values),
     onLoadProgress: (p) => status.set(` loading model ${Math.round(p * 100)}% `),
   });
   const loadMs = performance.now() - loadStarted;

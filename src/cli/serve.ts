@@ -10,6 +10,7 @@ import {
   type ServerOptions,
   type SluiceServer,
 } from "../server/index.ts";
+import { DRAFT_FLAGS, draftHelp, draftOptions } from "./draftFlags.ts";
 import { parseArgs } from "./env.ts";
 import { GPU_FLAGS, gpuHelp, gpuOptions } from "./gpuFlags.ts";
 
@@ -39,12 +40,7 @@ Options:
 ${gpuHelp(26)}  --max-queue <n>         most requests waiting for a slot; beyond it 429 (default 256)
   --no-prompt-cache       start every request on an emptied slot (default: a slot keeps its KV cache and a
                           request sharing its prompt prefix reads only the rest; per request: cache_prompt)
-  --drafter <name>        speculative decoding: prompt-lookup (n-gram matches in the prompt and output,
-                          verified several tokens per step; greedy output unchanged) or off (default off;
-                          per request: speculative)
-  --draft-max <n>         most draft tokens per request per step, 1-64 (llama.cpp's --spec-draft-n-max)
-                          (default 8; each request's draft length adapts below it)
-  --api-key <key>         require "Authorization: Bearer <key>" (or "x-api-key: <key>"); repeat for one key
+${draftHelp(26, true)}  --api-key <key>         require "Authorization: Bearer <key>" (or "x-api-key: <key>"); repeat for one key
                           per client (a request belongs to its key) (default: env SLUICE_API_KEY, several
                           separated by commas, else none)
   --api-key-file <path>   more keys, one per line; blank lines and "#" comments skipped (default: none)
@@ -162,8 +158,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
       "solo-prefill-step-ms": { type: "string" },
       ...GPU_FLAGS,
       "no-prompt-cache": { type: "boolean" },
-      drafter: { type: "string" },
-      "draft-max": { type: "string" },
+      ...DRAFT_FLAGS,
       help: { type: "boolean", short: "h" },
     },
   });
@@ -212,8 +207,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
     soloPrefillStepMs: integer(values["solo-prefill-step-ms"], "--solo-prefill-step-ms", 1),
     maxQueue: integer(values["max-queue"], "--max-queue", 0),
     promptCache: values["no-prompt-cache"] === true ? false : undefined,
-    drafter: values.drafter as "prompt-lookup" | "off" | undefined,
-    draftMax: integer(values["draft-max"], "--draft-max", 1),
+    ...draftOptions(values),
     ...gpuOptions(values),
   });
 

@@ -148,7 +148,14 @@ export class Runtime {
       let drafter: Drafter | undefined;
       if (engine.info.capabilities.speculative) {
         if (parsed.draftModel !== undefined) {
-          draftEngine = await createEngine(draftModelOptions(parsed, engine));
+          draftEngine = await createEngine(draftModelOptions(parsed, engine)).catch((error: unknown) => {
+            // Said of the draft model, so that a missing file is not taken for the target's.
+            if (!(error instanceof SluiceError)) throw error;
+            throw new SluiceError(error.code, `draftModel: ${error.message}`, {
+              param: "draftModel",
+              cause: error,
+            });
+          });
           drafter = new ModelDrafter(draftEngine);
         } else if (parsed.drafter === "prompt-lookup") drafter = new PromptLookup();
         else if (typeof parsed.drafter === "object") drafter = parsed.drafter;
