@@ -107,7 +107,10 @@ export class EventStreamReader {
           this.#named = true;
           this.#sink.model(event.model);
         }
-        if (event.usage !== undefined) this.#usage = event.usage;
+        // The whole request's usage comes in a chunk of its own (no choices); a chunk with choices may carry
+        // a running count of its choice alone (vLLM's continuous_usage_stats), kept only until that comes.
+        if (event.usage !== undefined && (event.choices.length === 0 || this.#usage === undefined))
+          this.#usage = event.usage;
         if (event.choices.length === 0) return;
         let open = event.choices;
         for (const choice of event.choices) {

@@ -38,16 +38,19 @@ export const ROUTE_PATH: Record<GenerationKind, string> = {
 
 /**
  * The body sent upstream: the client's, with `stream: true` and `stream_options.include_usage: true`
- * (the gateway re-renders the stream for its own client, and wants the upstream's usage). Throws
- * `invalid_request` for a body that is not a JSON object.
+ * (the gateway re-renders the stream for its own client, and wants the upstream's usage once, at the end:
+ * vLLM's `continuous_usage_stats` is dropped, since the gateway's own chunks do not carry per-chunk usage).
+ * Throws `invalid_request` for a body that is not a JSON object.
  */
 export function upstreamBody(body: unknown): string {
   if (typeof body !== "object" || body === null || Array.isArray(body)) {
     throw new SluiceError("invalid_request", "The request body must be a JSON object.");
   }
   const b = body as OpenAIBody;
-  const streamOptions =
-    typeof b.stream_options === "object" && b.stream_options !== null ? b.stream_options : {};
+  const { continuous_usage_stats: _perChunk, ...streamOptions } =
+    typeof b.stream_options === "object" && b.stream_options !== null
+      ? (b.stream_options as Record<string, unknown>)
+      : {};
   return JSON.stringify({ ...b, stream: true, stream_options: { ...streamOptions, include_usage: true } });
 }
 

@@ -224,7 +224,8 @@ describe("gateway over a local engine and a Sluice upstream", () => {
       temperature: 0.9,
       seed: 7,
       stream: true,
-      stream_options: { include_usage: true },
+      // Per-chunk usage is not passed upstream: the usage the gateway reports is the whole request's.
+      stream_options: { include_usage: true, continuous_usage_stats: true },
     });
     await stream.done;
     const chunks = stream.events.filter((e) => e !== "[DONE]" && e.choices?.length > 0);
