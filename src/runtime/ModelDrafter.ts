@@ -145,6 +145,7 @@ export class ModelDrafter implements Drafter {
       slot.dirty = true;
       slot.cache.length = 0;
     }
+    slot.matched = Math.min(slot.matched, slot.cache.length);
   }
 
   /** A free slot for the request: the one whose cache shares the longest prefix with its tokens. */
@@ -164,6 +165,7 @@ export class ModelDrafter implements Drafter {
       return undefined;
     }
     best.owner = request;
+    best.matched = bestShared;
     request.slot = best;
     return best;
   }
@@ -178,10 +180,12 @@ export class ModelDrafter implements Drafter {
     drafting: readonly { request: DraftRequest; slot: DraftSlot; max: number }[],
   ): Promise<Drafting[]> {
     const limit = this.engine.info.contextSize;
+    // Only what the cache holds past its known-matching prefix is compared: the last draft, not the history.
     const keeps = drafting.map(({ request, slot }) =>
-      Math.min(commonPrefix(slot.cache, request.history), request.history.length - 1),
+      Math.min(commonPrefix(slot.cache, request.history, slot.matched), request.history.length - 1),
     );
     await Promise.all(drafting.map(({ slot }, i) => this.#reset(slot, keeps[i])));
+    for (const { slot } of drafting) slot.matched = slot.cache.length;
     let budget = Math.max(1, this.engine.info.maxStepTokens - drafting.length);
     const ready: Drafting[] = [];
     for (const { request, slot, max } of drafting) {
@@ -228,6 +232,8 @@ export class ModelDrafter implements Drafter {
           continue;
         }
         for (const token of d.item.tokens) d.slot.cache.push(token);
+        // The first item of a request reads its own tokens; later ones feed draft tokens.
+        if (d.draft.length === 0) d.slot.matched = d.slot.cache.length;
         const token = outcome.token;
         if (d.item.sample === undefined || token === undefined) continue;
         d.draft.push(token);
@@ -263,6 +269,8 @@ class DraftSlot {
   owner: DraftRequest | undefined;
   /** The tokens in the slot's cache, in order (the last sampled draft token is never in it). */
   readonly cache: number[] = [];
+  /** Leading cache tokens known to equal the owner's tokens (what was fed from them), so as not to compare them again. */
+  matched = 0;
   /** The engine holds per-request state for the slot (a sampling step ran since its last `releaseSlot`). */
   live = false;
   /** A failure left the cache unknown: it is emptied before the slot is used again. */
@@ -323,9 +331,10 @@ class DraftRequest implements RequestDrafter {
   }
 }
 
-function commonPrefix(a: readonly number[], b: readonly number[]): number {
+/** The length of the common prefix of `a` and `b`, known to be at least `from`. */
+function commonPrefix(a: readonly number[], b: readonly number[], from = 0): number {
   const n = Math.min(a.length, b.length);
-  let i = 0;
+  let i = Math.min(from, n);
   while (i < n && a[i] === b[i]) i++;
   return i;
 }
