@@ -1,3 +1,6 @@
+/** Steps a prompt read beside decoding streams is split into, by default (see `PrefillSizer`). */
+export const PREFILL_STEPS = 6;
+
 /**
  * Sizes prefill chunks by time rather than by a fixed token count. A step that reads a prompt chunk delays
  * every decoding stream by that chunk's cost and bounds how fast a cancel lands while prefilling, so what
@@ -9,11 +12,13 @@
  * the target, within [min, max]. Until the per-token cost is measured the initial chunk is used.
  *
  * Two budgets, because two different people wait on a prefill step:
- * - while streams decode, each of them waits for the whole step: the step aims for `targetStepMs`, the
- *   decode-gap budget, by default max(floorMs, 3 × base). On a CPU prompt tokens are never free, so every
- *   prompt token read is time taken from the streams; three decode steps' worth keeps a prefill moving while
- *   streams slow down rather than stall, and the floor keeps tiny models (a 1 ms decode step) from reading
- *   prompts in slivers;
+ * - while streams decode, each of them waits for the whole step (the decode-gap budget). By default a prompt
+ *   is read in about `PREFILL_STEPS` (6) steps: a step may take a sixth of the prompt's own modelled read
+ *   time, at least 3 decode steps (so a short prompt is not read in slivers) and at most `maxGapMs` (1 s, so
+ *   a huge prompt on a slow model never stalls the streams for long). A stream's longest gap is then about a
+ *   sixth of what reading the prompt in one go would cost it (llama-server's behaviour), while the prompt's
+ *   first token comes within a few steps' overhead of that one-go time: chunks stay large enough to read
+ *   efficiently. `targetStepMs` fixes the budget instead, in ms, whatever the prompt;
  * - with no stream decoding, only a cancel waits: the step may take `soloStepMs` (500 ms by default), so a
  *   lone prompt is read in large, efficient chunks (whole batches on a small model, as llama-server reads
  *   them) while a cancel still lands within half a second on a slow one.
@@ -21,7 +26,7 @@
 export class PrefillSizer {
   readonly #target: number | undefined;
   readonly #solo: number;
-  readonly #floor: number;
+  readonly #maxGap: number;
   readonly #min: number;
   readonly #max: number;
   readonly #initial: number;
@@ -31,22 +36,29 @@ export class PrefillSizer {
   constructor(options: {
     targetStepMs?: number;
     soloStepMs?: number;
-    floorMs?: number;
+    maxGapMs?: number;
     min: number;
     max: number;
     initial: number;
   }) {
     this.#target = options.targetStepMs;
     this.#solo = options.soloStepMs ?? 500;
-    this.#floor = options.floorMs ?? 50;
+    this.#maxGap = options.maxGapMs ?? 1000;
     this.#min = Math.max(1, Math.floor(options.min));
     this.#max = Math.max(this.#min, Math.floor(options.max));
     this.#initial = Math.min(this.#max, Math.max(this.#min, Math.floor(options.initial)));
   }
 
-  /** The step time the chunks aim for, in ms. */
-  get targetMs(): number {
-    return this.#target ?? Math.max(this.#floor, 3 * (this.#base ?? 0));
+  /**
+   * The step time a chunk aims for while streams decode, in ms, for a prompt of `promptTokens` tokens still to
+   * read when the step plans its first chunk: `targetStepMs` when set, else a `PREFILL_STEPS`th of the prompt's
+   * modelled read time within [3 decode steps, maxGapMs].
+   */
+  targetMs(promptTokens: number): number {
+    if (this.#target !== undefined) return this.#target;
+    const floor = 3 * (this.#base ?? 0);
+    const share = ((this.#perToken ?? 0) * promptTokens) / PREFILL_STEPS;
+    return Math.min(this.#maxGap, Math.max(floor, share));
   }
 
   /** The step time a prompt chunk may take when no stream is decoding, in ms. */
@@ -55,16 +67,17 @@ export class PrefillSizer {
   }
 
   /**
-   * Prompt tokens the next step may read: within the decode-gap budget while streams decode, within the solo
-   * budget otherwise (nobody but a cancel waits on that step).
+   * Prompt tokens the next step may read: within the decode-gap budget while streams decode (for the longest
+   * prompt being read, `promptTokens` in all, cached tokens left out), within the solo budget otherwise
+   * (nobody but a cancel waits on that step).
    */
-  chunk(streamsDecoding: boolean): number {
+  chunk(streamsDecoding: boolean, promptTokens = 0): number {
     const base = this.#base;
     const perToken = this.#perToken;
     // Unmeasured: a small first chunk when streams would wait on it, a larger one when nobody does.
     if (perToken === undefined)
       return streamsDecoding ? this.#initial : Math.min(this.#max, 8 * this.#initial);
-    const room = streamsDecoding ? this.targetMs - (base ?? 0) : this.#solo;
+    const room = streamsDecoding ? this.targetMs(promptTokens) - (base ?? 0) : this.#solo;
     const tokens = perToken > 0 ? Math.floor(room / perToken) : this.#max;
     return Math.min(this.#max, Math.max(this.#min, tokens));
   }

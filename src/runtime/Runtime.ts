@@ -349,8 +349,13 @@ export class Runtime {
           (s): s is RequestState => s !== undefined && s.phase !== "finished",
         );
         if (this.#sizer) {
-          const decoding = running.some((s) => s.phase === "decode");
-          this.#budget.prefillChunk = this.#budget.prefillBudget = this.#sizer.chunk(decoding);
+          let decoding = false;
+          let reading = 0;
+          for (const s of running) {
+            if (s.phase === "decode") decoding = true;
+            else reading = Math.max(reading, s.request.promptTokens.length - s.cachedTokens);
+          }
+          this.#budget.prefillChunk = this.#budget.prefillBudget = this.#sizer.chunk(decoding, reading);
         }
         await this.#prepareDrafts(running);
         const planned = planStep(running, this.#budget);

@@ -22,8 +22,10 @@ export interface RuntimeOptions extends Omit<LlamaEngineOptions, "signal"> {
   /**
    * The decode-gap budget, in ms (above 0, at most 60000): while streams are decoding, a step that reads
    * prompt tokens aims to take this long, so it bounds every stream's gap behind someone else's prompt (and a
-   * cancel while prefilling). Smaller: smoother streams, a long prompt's first token later. Defaults to
-   * max(50 ms, 3 decode steps): streams slow down while a prompt is read but never stall.
+   * cancel while prefilling). Smaller: smoother streams, a long prompt's first token later. By default each
+   * prompt is read in about six steps: a sixth of its modelled read time, at least 3 decode steps and at most
+   * 1 s (`PrefillSizer`), so a stream's longest gap is about a sixth of reading the prompt in one go while the
+   * prompt itself loses only a few steps' overhead.
    */
   targetStepMs?: number;
   /**
