@@ -526,13 +526,13 @@ export class Runtime {
       const state = this.#queue.shift();
       if (!state) break;
       const useCache = this.#promptCache && state.request.cachePrompt;
-      const { slot, reuse } = pickSlot(free, state.request.promptTokens, useCache);
+      const { slot, reuse, hit } = pickSlot(free, state.request.promptTokens, useCache);
       free = free.filter((c) => c.slot !== slot);
       state.phase = "prefill";
       state.slot = slot;
       state.admittedAt = performance.now();
       this.#slots[slot] = state;
-      trims.push(this.#trim(state, reuse, useCache));
+      trims.push(this.#trim(state, reuse, useCache, hit));
     }
     if (trims.length > 0) await Promise.all(trims);
   }
@@ -548,12 +548,12 @@ export class Runtime {
   }
 
   /** Keep the reused prefix of the slot's cache; the request reads its prompt from there. */
-  async #trim(state: RequestState, reuse: number, lookedUp: boolean): Promise<void> {
+  async #trim(state: RequestState, reuse: number, lookedUp: boolean, hit: boolean): Promise<void> {
     try {
       const kept = await this.engine.trimSlot(state.slot, reuse);
       // Never more than asked: an engine that keeps more than the prompt's prefix would desynchronise it.
       state.prefilled = state.cachedTokens = Math.min(kept, reuse);
-      this.stats.admitted(state.cachedTokens, lookedUp);
+      this.stats.admitted(state.cachedTokens, lookedUp, hit);
     } catch (error) {
       this.#finish(state, { reason: "error", error: toChunkError(error, "engine_error") });
     }

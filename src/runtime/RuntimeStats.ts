@@ -12,7 +12,10 @@ export class RuntimeStats {
   tokensGenerated = 0;
   promptTokensProcessed = 0;
   steps = 0;
-  /** Requests admitted with the prompt cache on, those that reused a cached prefix, and the tokens reused. */
+  /**
+   * Requests admitted with the prompt cache on, those placed on a slot for its cached prefix (a hit), and the
+   * tokens reused (a miss may reuse a token or two of the slot it gets: counted here, not as a hit).
+   */
   promptCacheLookups = 0;
   promptCacheHits = 0;
   promptTokensCached = 0;
@@ -50,10 +53,10 @@ export class RuntimeStats {
     this.tokensGenerated += completionTokens;
   }
 
-  admitted(cachedTokens: number, lookedUp: boolean): void {
+  admitted(cachedTokens: number, lookedUp: boolean, hit: boolean): void {
     if (!lookedUp) return;
     this.promptCacheLookups++;
-    if (cachedTokens > 0) this.promptCacheHits++;
+    if (hit && cachedTokens > 0) this.promptCacheHits++;
     this.promptTokensCached += cachedTokens;
   }
 

@@ -28,13 +28,14 @@ export function commonPrefix(a: readonly number[], b: readonly number[]): number
  * go to an empty slot, else the least recently used (its cache is the least likely to be wanted again).
  * `reuse` is the prefix kept, at most `prompt.length - 1`: the last prompt token is always evaluated again so
  * that the step that samples has its logits. Without `useCache` (the request opted out) it is 0 and the slot
- * is chosen by age alone.
+ * is chosen by age alone. `hit`: the slot was chosen for its cache (a miss may still reuse a token or two of
+ * the least recently used slot, a BOS and a common first word: that is reuse, not a hit).
  */
 export function pickSlot(
   free: readonly SlotCandidate[],
   prompt: readonly number[],
   useCache = true,
-): { slot: number; reuse: number } {
+): { slot: number; reuse: number; hit: boolean } {
   let best: SlotCandidate | undefined;
   let bestMatch = 0;
   let lru: SlotCandidate | undefined;
@@ -54,12 +55,12 @@ export function pickSlot(
   }
   const chosen = best ?? lru;
   if (chosen === undefined) throw new Error("pickSlot needs at least one free slot");
-  if (!useCache) return { slot: chosen.slot, reuse: 0 };
+  if (!useCache) return { slot: chosen.slot, reuse: 0, hit: false };
   const reuse = Math.min(
     chosen === best ? bestMatch : commonPrefix(chosen.cached, prompt),
     prompt.length - 1,
   );
-  return { slot: chosen.slot, reuse: Math.max(0, reuse) };
+  return { slot: chosen.slot, reuse: Math.max(0, reuse), hit: chosen === best };
 }
 
 /** An empty slot is the oldest: taking it throws nothing away. */

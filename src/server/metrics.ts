@@ -99,7 +99,7 @@ export class ServerMetrics {
     );
     counter(
       "sluice_prompt_cache_hits_total",
-      "Requests that reused a cached prompt prefix.",
+      "Requests placed on a slot for the prompt prefix it had cached (a match of at least half of that cache).",
       (s) => s.promptCacheHits,
     );
     gauge(

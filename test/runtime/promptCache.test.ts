@@ -194,13 +194,29 @@ describe("pickSlot: longest shared prefix, a real share of the slot's cache, els
   const c = (slot: number, cached: number[], lastUsed: number): SlotCandidate => ({ slot, cached, lastUsed });
   test("examples", () => {
     const prompt = [1, 2, 3, 4, 5];
-    assert.deepEqual(pickSlot([c(0, [9], 1), c(1, [1, 2, 3, 7], 5)], prompt), { slot: 1, reuse: 3 });
+    const hit = true;
+    const miss = false;
+    assert.deepEqual(pickSlot([c(0, [9], 1), c(1, [1, 2, 3, 7], 5)], prompt), { slot: 1, reuse: 3, hit });
     // A BOS-only match against a long cache is a miss: the empty slot is taken instead.
-    assert.deepEqual(pickSlot([c(0, [1, 8, 8, 8, 8, 8], 1), c(1, [], 0)], prompt), { slot: 1, reuse: 0 });
+    assert.deepEqual(pickSlot([c(0, [1, 8, 8, 8, 8, 8], 1), c(1, [], 0)], prompt), {
+      slot: 1,
+      reuse: 0,
+      hit: miss,
+    });
+    // With no empty slot, the miss takes the least recently used and reuses its BOS: reuse, not a hit.
+    assert.deepEqual(pickSlot([c(0, [1, 8, 8, 8, 8, 8], 1), c(1, [1, 9, 9, 9, 9], 3)], prompt), {
+      slot: 0,
+      reuse: 1,
+      hit: miss,
+    });
     // Misses go to the least recently used; a full match still leaves the last token to read.
-    assert.deepEqual(pickSlot([c(0, [7, 7], 4), c(1, [8, 8], 2)], prompt), { slot: 1, reuse: 0 });
-    assert.deepEqual(pickSlot([c(0, [1, 2, 3, 4, 5, 6], 1)], prompt), { slot: 0, reuse: 4 });
-    assert.deepEqual(pickSlot([c(0, [1, 2, 3], 9), c(1, [], 0)], prompt, false), { slot: 1, reuse: 0 });
+    assert.deepEqual(pickSlot([c(0, [7, 7], 4), c(1, [8, 8], 2)], prompt), { slot: 1, reuse: 0, hit: miss });
+    assert.deepEqual(pickSlot([c(0, [1, 2, 3, 4, 5, 6], 1)], prompt), { slot: 0, reuse: 4, hit });
+    assert.deepEqual(pickSlot([c(0, [1, 2, 3], 9), c(1, [], 0)], prompt, false), {
+      slot: 1,
+      reuse: 0,
+      hit: miss,
+    });
   });
 
   test("reuse is a common prefix of the chosen cache, below the prompt's length; never worse than a miss", () => {
@@ -211,7 +227,7 @@ describe("pickSlot: longest shared prefix, a real share of the slot's cache, els
         fc.array(fc.integer({ min: 0, max: 3 }), { minLength: 1, maxLength: 8 }),
         (slots, prompt) => {
           const free = slots.map(([cached, lastUsed], slot) => c(slot, cached, lastUsed));
-          const { slot, reuse } = pickSlot(free, prompt);
+          const { slot, reuse, hit } = pickSlot(free, prompt);
           const chosen = free.find((f) => f.slot === slot)!;
           assert.ok(reuse <= prompt.length - 1 && reuse >= 0);
           assert.ok(reuse <= commonPrefix(chosen.cached, prompt));
@@ -221,6 +237,7 @@ describe("pickSlot: longest shared prefix, a real share of the slot's cache, els
             return m > 0 && m >= 0.5 * f.cached.length ? m : 0;
           };
           const best = Math.max(...free.map(usable));
+          assert.equal(hit, best > 0, "a hit exactly when a slot was chosen for its cache");
           assert.equal(
             reuse,
             best === 0 ? Math.min(commonPrefix(chosen.cached, prompt), prompt.length - 1) : best,
