@@ -1,12 +1,22 @@
 /**
- * Speculative decoding with prompt lookup: decode tokens/s with and without it, and against llama-server's
- * n-gram speculation on the same prompts. Four sides, alternated round by round (the order rotates):
+ * Speculative decoding with prompt lookup and with a draft model: decode tokens/s with and without it, and
+ * against llama-server's n-gram and draft-model speculation on the same prompts. Six sides, alternated round
+ * by round (the order rotates):
  * - Sluice plain and Sluice speculative: one in-process Runtime (`drafter: "prompt-lookup"`, draftMax 8),
  *   requests with `speculative: false` and with the default;
+ * - Sluice draft model: a second Runtime drafting with a `ModelDrafter` (draftMax 8) over the draft model;
  * - llama-server plain and llama-server n-gram (`--spec-type ngram-simple`, lookup n-gram 3 and draft 8 to
- *   match prompt lookup's sizes; its defaults are 12 and 48), native `POST /completion`, non-streaming.
+ *   match prompt lookup's sizes; its defaults are 12 and 48), native `POST /completion`, non-streaming;
+ * - llama-server draft model (`--model-draft`, `--spec-type draft-simple`, `--spec-draft-n-max 8`, its other
+ *   defaults: no minimum probability).
  * Same model, threads, slots and token-id prompts; greedy but for the `sampled` set; every side reads every
  * prompt (no prompt cache).
+ *
+ * Draft models: for the bundled model its chat fine-tune (models/kjv-chat.gguf, the same size: no speed-up
+ * is possible, what is measured is tokens per target step, acceptance and what drafting costs); for the edge
+ * model (random weights) the bundled model, which agrees with it about never: the adaptive draft length
+ * should fall to zero, and what is left is the cost of the one-token guess a request still drafts each step
+ * to notice when drafting would pay again.
  *
  * Three prompt sets: `repeat` (a KJV passage, then its heading again: what a model that can copy would
  * quote), `fresh` (short openings: nothing in the prompt to look up) and `sampled` (the fresh openings at
@@ -22,6 +32,9 @@
  */
 import { request } from "node:http";
 import { loadavg } from "node:os";
+import { createEngine } from "../src/engine/createEngine.ts";
+import { BUNDLED_CHAT_MODEL_PATH, BUNDLED_MODEL_PATH } from "../src/engine/modelPath.ts";
+import { ModelDrafter } from "../src/runtime/ModelDrafter.ts";
 import { Runtime } from "../src/runtime/Runtime.ts";
 import { KJV, SHORT_PROMPTS } from "./corpus.ts";
 import {
@@ -44,8 +57,20 @@ const NGRAM = 3;
 type Workload = "repeat" | "fresh" | "sampled";
 /** Temperature of the `sampled` set (seeded per stream), where greedy decoding's loops break up. */
 const TEMPERATURE = 0.8;
-type Side = "sluice" | "sluice-spec" | "llama" | "llama-ngram";
-const SIDES: readonly Side[] = ["sluice", "sluice-spec", "llama", "llama-ngram"];
+type Side = "sluice" | "sluice-spec" | "sluice-draft" | "llama" | "llama-ngram" | "llama-draft";
+const SIDES: readonly Side[] = [
+  "sluice",
+  "sluice-spec",
+  "sluice-draft",
+  "llama",
+  "llama-ngram",
+  "llama-draft",
+];
+/** Each target's draft model (the same vocabulary). */
+const DRAFT_MODELS: Record<BenchModelName, string> = {
+  bundled: BUNDLED_CHAT_MODEL_PATH,
+  edge: BUNDLED_MODEL_PATH,
+};
 
 interface Run {
   /** Decode tokens/s, summed over the streams. */
@@ -53,6 +78,12 @@ interface Run {
   /** Generated tokens per target decode step, mean over streams. */
   tokensPerStep: number;
   tokens: number;
+  /** Draft tokens sent for verification, and those accepted. */
+  drafted: number;
+  accepted: number;
+  /** Sluice with a draft model: draft-engine steps and target steps of the run (the streams ran alone). */
+  draftSteps?: number;
+  targetSteps?: number;
 }
 
 interface Config {
@@ -122,6 +153,8 @@ async function runLlama(
   );
   let tokensPerSecond = 0;
   let total = 0;
+  let drafted = 0;
+  let acceptedAll = 0;
   const perStep: number[] = [];
   for (const result of results) {
     const t = result.timings as Record<string, number> | undefined;
@@ -131,9 +164,11 @@ async function runLlama(
     // llama-server's predicted_ms spans the first to the last generated token, as Sluice's decodeMs does.
     tokensPerSecond += n > 1 ? ((n - 1) * 1000) / t.predicted_ms! : 0;
     total += n;
+    drafted += t.draft_n ?? 0;
+    acceptedAll += accepted;
     perStep.push(n / Math.max(1, n - accepted));
   }
-  return { tokensPerSecond, tokensPerStep: mean(perStep), tokens: total };
+  return { tokensPerSecond, tokensPerStep: mean(perStep), tokens: total, drafted, accepted: acceptedAll };
 }
 
 async function runSluice(
@@ -142,8 +177,12 @@ async function runSluice(
   tokens: number,
   speculative: boolean,
   temperature: number,
+  drafter?: ModelDrafter,
 ): Promise<Run> {
   const accepted = runtime.stats.draftTokensAccepted;
+  const drafted = runtime.stats.draftTokens;
+  const steps = runtime.steps;
+  const draftSteps = drafter?.stats.steps ?? 0;
   const results = await Promise.all(
     prompts.map(
       (prompt, i) =>
@@ -166,7 +205,16 @@ async function runSluice(
   }
   // Accepted draft tokens of these streams (they ran alone), spread over them.
   const acceptedHere = runtime.stats.draftTokensAccepted - accepted;
-  return { tokensPerSecond, tokensPerStep: total / Math.max(1, total - acceptedHere), tokens: total };
+  return {
+    tokensPerSecond,
+    tokensPerStep: total / Math.max(1, total - acceptedHere),
+    tokens: total,
+    drafted: runtime.stats.draftTokens - drafted,
+    accepted: acceptedHere,
+    ...(drafter !== undefined
+      ? { draftSteps: drafter.stats.steps - draftSteps, targetSteps: runtime.steps - steps }
+      : {}),
+  };
 }
 
 function mean(values: readonly number[]): number {
@@ -176,7 +224,7 @@ function mean(values: readonly number[]): number {
 async function runModel(
   spec: BenchModel,
   quick: boolean,
-): Promise<{ configs: Config[]; llamaArgs: string[] }> {
+): Promise<{ configs: Config[]; llamaArgs: string[]; draftArgs: string[] }> {
   const p = plan(spec.name, quick);
   const loaded = await loadModel(spec);
   const tokenize = (text: string) => loaded.tokenize(text) as number[];
@@ -205,6 +253,31 @@ async function runModel(
     String(DRAFT_MAX),
   ];
   const ngram = await startLlamaServer({ ...common, extraArgs: ngramArgs });
+  const draftPath = DRAFT_MODELS[spec.name];
+  const draftArgs = [
+    "--model-draft",
+    draftPath,
+    "--spec-type",
+    "draft-simple",
+    "--spec-draft-n-max",
+    String(DRAFT_MAX),
+  ];
+  const llamaDraft = await startLlamaServer({ ...common, extraArgs: draftArgs });
+  const draftEngine = await createEngine({
+    model: draftPath,
+    slots: SLOTS,
+    threads: spec.threads,
+    contextSize: p.contextPerSlot,
+  });
+  const drafter = new ModelDrafter(draftEngine);
+  const draftRuntime = await Runtime.create({
+    model: spec.path,
+    slots: SLOTS,
+    threads: spec.threads,
+    contextSize: p.contextPerSlot,
+    drafter,
+    draftMax: DRAFT_MAX,
+  });
   const runtime = await Runtime.create({
     model: spec.path,
     slots: SLOTS,
@@ -223,7 +296,14 @@ async function runModel(
           model: spec.name,
           workload,
           streams,
-          runs: { sluice: [], "sluice-spec": [], llama: [], "llama-ngram": [] },
+          runs: {
+            sluice: [],
+            "sluice-spec": [],
+            "sluice-draft": [],
+            llama: [],
+            "llama-ngram": [],
+            "llama-draft": [],
+          },
         };
         // One warm-up of each side, then alternated rounds (the order rotates every round).
         for (let round = -1; round < p.rounds; round++) {
@@ -232,7 +312,14 @@ async function runModel(
             const run =
               side === "sluice" || side === "sluice-spec"
                 ? await runSluice(runtime, batch, p.tokens, side === "sluice-spec", temperature)
-                : await runLlama(side === "llama" ? llama : ngram, batch, p.tokens, temperature);
+                : side === "sluice-draft"
+                  ? await runSluice(draftRuntime, batch, p.tokens, true, temperature, drafter)
+                  : await runLlama(
+                      side === "llama" ? llama : side === "llama-ngram" ? ngram : llamaDraft,
+                      batch,
+                      p.tokens,
+                      temperature,
+                    );
             if (round >= 0) config.runs[side].push(run);
           }
         }
@@ -242,10 +329,13 @@ async function runModel(
     }
   } finally {
     await runtime.close();
+    await draftRuntime.close();
+    await draftEngine.close();
     await llama.stop();
     await ngram.stop();
+    await llamaDraft.stop();
   }
-  return { configs, llamaArgs: ngram.args };
+  return { configs, llamaArgs: ngram.args, draftArgs: llamaDraft.args };
 }
 
 const args = benchArgs();
@@ -256,12 +346,14 @@ console.log(`speculative: ${describeMachine(host)}${args.quick ? " (quick)" : ""
 const configs: Config[] = [];
 const specs: BenchModel[] = [];
 let llamaArgs: string[] = [];
+let draftArgs: string[] = [];
 for (const name of names) {
   const spec = benchModel(name, args.threads);
   specs.push(spec);
   const done = await runModel(spec, args.quick);
   configs.push(...done.configs);
   llamaArgs = done.llamaArgs;
+  draftArgs = done.draftArgs;
 }
 console.log("\n");
 const tps = (runs: Run[]) => median(runs.map((r) => r.tokensPerSecond).sort((a, b) => a - b));
@@ -287,6 +379,40 @@ printTable(
       "S spec/L ngram": paired(c.runs["sluice-spec"], c.runs["llama-ngram"]),
     }),
   ),
+);
+const sum = (runs: Run[], key: "drafted" | "accepted" | "tokens" | "draftSteps" | "targetSteps") =>
+  runs.reduce((n, r) => n + (r[key] ?? 0), 0);
+const acceptance = (runs: Run[]) =>
+  sum(runs, "drafted") > 0 ? sum(runs, "accepted") / sum(runs, "drafted") : 0;
+console.log("\nDraft model (D = the draft side):\n");
+printTable(
+  configs.map(
+    (c): Row => ({
+      model: `${c.model} (${specs.find((s) => s.name === c.model)!.threads}t)`,
+      draft: DRAFT_MODELS[c.model].split("/").at(-1)!.replace(".gguf", ""),
+      prompts: c.workload,
+      streams: c.streams,
+      "tok/step S, L": `${perStep(c.runs["sluice-draft"]).toFixed(2)}, ${perStep(c.runs["llama-draft"]).toFixed(2)}`,
+      "accept S, L": `${acceptance(c.runs["sluice-draft"]).toFixed(2)}, ${acceptance(c.runs["llama-draft"]).toFixed(2)}`,
+      "drafted/tok S, L":
+        `${(sum(c.runs["sluice-draft"], "drafted") / sum(c.runs["sluice-draft"], "tokens")).toFixed(2)}, ` +
+        `${(sum(c.runs["llama-draft"], "drafted") / sum(c.runs["llama-draft"], "tokens")).toFixed(2)}`,
+      "draft steps/step S": (
+        sum(c.runs["sluice-draft"], "draftSteps") / Math.max(1, sum(c.runs["sluice-draft"], "targetSteps"))
+      ).toFixed(2),
+      "tok/s S plain, D": `${tps(c.runs.sluice).toFixed(0)}, ${tps(c.runs["sluice-draft"]).toFixed(0)}`,
+      "tok/s L plain, D": `${tps(c.runs.llama).toFixed(0)}, ${tps(c.runs["llama-draft"]).toFixed(0)}`,
+      "S D/plain": paired(c.runs["sluice-draft"], c.runs.sluice),
+      "L D/plain": paired(c.runs["llama-draft"], c.runs.llama),
+      "S D/L D": paired(c.runs["sluice-draft"], c.runs["llama-draft"]),
+    }),
+  ),
+);
+console.log(
+  `\nD: Sluice with a ModelDrafter (greedy drafts batched across streams, draftMax ${DRAFT_MAX}, length adapted ` +
+    `per request; "draft steps/step": draft-engine steps per target step); llama-server ` +
+    `${draftArgs.slice(draftArgs.indexOf("--spec-type")).join(" ")} --model-draft. "drafted/tok": draft tokens ` +
+    "sent per generated token (0 when the adaptive length has fallen to zero).",
 );
 const seconds = (performance.now() - started) / 1000;
 console.log(
