@@ -89,6 +89,14 @@ export interface EngineInfo {
   addBos: boolean;
   /** Most tokens one step may carry across all its items (the engine's batch size). */
   maxStepTokens: number;
+  /**
+   * Fewest prompt tokens worth reading for one slot in a step (1 when any count reads at full speed). Below
+   * it a chunk read over a long cache is disproportionately slow: llama.cpp's CPU flash-attention kernel
+   * takes batches of fewer than 64 tokens through a scalar path whose cost grows with the cached context.
+   * The runtime reads prompt chunks at least this long unless the chunk finishes the prompt, and leaves at
+   * least this many tokens to read after a cached prefix when the prompt has them.
+   */
+  minPromptChunk?: number;
   capabilities: EngineCapabilities;
   /** Where the model runs, for engines that run one (the llama.cpp build in use). */
   backend?: EngineBackend;

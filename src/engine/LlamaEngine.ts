@@ -72,6 +72,13 @@ export type LlamaGpu = "auto" | "cuda" | "vulkan" | "metal" | "off";
 const GPU_VALUES = ["auto", "cuda", "vulkan", "metal", "off"] as const satisfies readonly LlamaGpu[];
 const GPU_LAYERS_RULE = 'must be an integer >= 0, "max" or "auto"';
 
+/**
+ * Query rows per tile of llama.cpp's CPU flash-attention kernel (`GGML_FA_TILE_Q`): a batch with fewer rows
+ * per sequence takes the scalar path, whose cost grows with the cached context. kjv-tiny, 1 thread, 700 cached
+ * tokens: 50 new ones read in 169 ms, 64 in 13.5 ms.
+ */
+const FLASH_ATTENTION_TILE = 64;
+
 /** llama.cpp's limit on sequences in one context (`LLAMA_MAX_SEQ`). */
 export const MAX_SLOTS = 256;
 
@@ -266,6 +273,8 @@ export class LlamaEngine implements Engine {
         vocabulary,
         addBos: model.tokens.shouldPrependBosToken,
         maxStepTokens: context.batchSize,
+        // llama.cpp's CPU flash attention (GGML_FA_TILE_Q, 64 query rows): fewer go through its scalar path.
+        minPromptChunk: backend === "cpu" && flashAttention !== false ? FLASH_ATTENTION_TILE : 1,
         capabilities: { promptCache: true, grammar: true, logprobs: true, speculative: true },
         backend,
         gpuLayers: model.gpuLayers,

@@ -39,6 +39,8 @@ export interface ScriptedEngineOptions {
   promptCache?: boolean;
   /** `info.maxStepTokens`. Defaults to 512. */
   maxStepTokens?: number;
+  /** `info.minPromptChunk`. Defaults to 1. */
+  minPromptChunk?: number;
   /** Whether steps verify drafts (`capabilities.speculative`). Defaults to true. */
   speculative?: boolean;
   /**
@@ -75,6 +77,7 @@ export class ScriptedEngine implements Engine {
       vocabulary,
       addBos: vocabulary.addBos,
       maxStepTokens: options.maxStepTokens ?? 512,
+      minPromptChunk: options.minPromptChunk ?? 1,
       capabilities: {
         promptCache: options.promptCache ?? true,
         grammar: false,

@@ -113,6 +113,8 @@ export class Runtime {
       prefillBudget: fixed > 0 ? maxStepTokens : 0,
       maxStepTokens,
       draftCost: this.#draftCost,
+      // A fixed chunk smaller than the engine's minimum is the caller's choice: it is kept.
+      minChunk: Math.max(1, Math.min(fixed || Number.POSITIVE_INFINITY, engine.info.minPromptChunk ?? 1)),
     };
     this.#sizer =
       fixed > 0
@@ -120,10 +122,10 @@ export class Runtime {
         : new PrefillSizer({
             ...(options.targetStepMs !== undefined ? { targetStepMs: options.targetStepMs } : {}),
             ...(options.soloPrefillStepMs !== undefined ? { soloStepMs: options.soloPrefillStepMs } : {}),
-            min: 8,
+            min: Math.max(8, this.#budget.minChunk),
             max: Math.min(512, maxStepTokens - engine.info.slots),
             // Start small: the first chunk is read before anything is known about the model's speed.
-            initial: 8,
+            initial: Math.max(8, this.#budget.minChunk),
           });
     this.#maxQueue = options.maxQueue ?? 256;
     this.#defaultMaxTokens = options.defaultMaxTokens ?? 256;
@@ -526,7 +528,10 @@ export class Runtime {
       const state = this.#queue.shift();
       if (!state) break;
       const useCache = this.#promptCache && state.request.cachePrompt;
-      const { slot, reuse, hit } = pickSlot(free, state.request.promptTokens, useCache);
+      const prompt = state.request.promptTokens;
+      const { slot, hit, ...picked } = pickSlot(free, prompt, useCache);
+      // The suffix left to read is at least the engine's efficient chunk where the prompt has it.
+      const reuse = Math.min(picked.reuse, Math.max(0, prompt.length - this.#budget.minChunk));
       free = free.filter((c) => c.slot !== slot);
       state.phase = "prefill";
       state.slot = slot;

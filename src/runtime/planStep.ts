@@ -10,6 +10,11 @@ export interface StepBudget {
   prefillBudget: number;
   /** Most tokens in one step across all slots. */
   maxStepTokens: number;
+  /**
+   * Fewest prompt tokens one slot reads in a step unless they finish its prompt (`EngineInfo.minPromptChunk`):
+   * a chunk never leaves a shorter tail, and a slot whose share of the budget is below it waits a step.
+   */
+  minChunk: number;
   /** What verifying drafts costs on the engine, which sets how long drafts are. */
   draftCost: DraftCost;
 }
@@ -25,7 +30,9 @@ export interface PlannedItem {
  * token the step samples anyway; the rest of the budget goes to prefilling slots in admission order (the
  * oldest prompt finishes first, which gives the best average time to first token), at most one chunk each.
  * The chunk that ends a prompt also samples the first token. Draft tokens count in `maxStepTokens`, not in
- * the prefill budget.
+ * the prefill budget. No chunk shorter than `minChunk` is read, and none leaves a shorter tail, unless it
+ * finishes its prompt (a tail that short is read with the chunk when the step has room) or it is the step's
+ * first prompt and the step cannot hold more.
  */
 export function planStep(running: readonly RequestState[], budget: StepBudget): PlannedItem[] {
   const planned: PlannedItem[] = [];
@@ -47,10 +54,24 @@ export function planStep(running: readonly RequestState[], budget: StepBudget): 
     left -= draft.length;
   }
   let prefillLeft = budget.prefillBudget;
+  /** Whether a prompt chunk is already planned in this step. */
+  let reading = false;
   for (const state of running) {
     if (state.phase !== "prefill" || left <= 0 || prefillLeft <= 0) continue;
     const prompt = state.request.promptTokens;
-    const take = Math.min(budget.prefillChunk, prefillLeft, left, prompt.length - state.prefilled);
+    const remaining = prompt.length - state.prefilled;
+    let take = Math.min(budget.prefillChunk, prefillLeft, left, remaining);
+    const min = budget.minChunk;
+    if (take < remaining && remaining - take < min) {
+      // The tail would be a sliver: read it now if the step has room, else leave a whole minimum for later.
+      if (remaining <= left) take = remaining;
+      else if (remaining - min >= min) take = Math.min(take, remaining - min);
+    }
+    // A chunk that is a sliver, or leaves one, waits until it is the first prompt of a step; the first always
+    // reads (a step too small for two minimum chunks must not stall it).
+    const sliver = take < remaining && (take < min || remaining - take < min);
+    if (sliver && reading) continue;
+    reading = true;
     const end = state.prefilled + take;
     const last = end === prompt.length;
     planned.push({

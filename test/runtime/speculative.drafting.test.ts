@@ -228,6 +228,7 @@ describe("planning drafts", () => {
             prefillBudget: 16,
             maxStepTokens,
             draftCost: new DraftCost(),
+            minChunk: 1,
           });
           let total = 0;
           for (const { state, item } of planned) {
