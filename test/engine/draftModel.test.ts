@@ -87,12 +87,14 @@ test("a cancel while drafting frees the slot within the step, nothing computed a
   same(next, ref, "after the cancel");
 });
 
-test("a ModelDrafter over a draft engine of one's own: the same output, batched draft steps, no failures", async () => {
+test("a ModelDrafter over a draft engine of one's own: the same output, batched draft steps, long prompts read in chunks", async () => {
+  // A small batch: a prompt longer than it reaches the draft slot over several calls.
   const draftEngine = await createEngine({
     model: BUNDLED_CHAT_MODEL_PATH,
     slots: 2,
     threads: 1,
     contextSize: 512,
+    batchSize: 64,
   });
   const drafter = new ModelDrafter(draftEngine);
   const own = await Runtime.create({
@@ -103,13 +105,14 @@ test("a ModelDrafter over a draft engine of one's own: the same output, batched 
     drafter,
   });
   try {
-    const prompts = PROMPTS.slice(0, 2);
+    const prompts = [PROMPTS[0]!, PROMPTS[4]!.repeat(8)];
     const outs = await Promise.all(prompts.map((prompt) => own.generate({ prompt, maxTokens: 40 }).result));
     const refs = await Promise.all(
       prompts.map((prompt) => own.generate({ prompt, maxTokens: 40, speculative: false }).result),
     );
     for (const [i, out] of outs.entries()) same(out, refs[i]!, `#${i}`);
     assert.ok(drafter.stats.drafted > 0 && drafter.stats.steps > 0);
+    assert.ok(drafter.stats.catchUpTokens > 64 * 2, String(drafter.stats.catchUpTokens));
     assert.equal(drafter.stats.failures, 0);
     // Batched: fewer draft steps than draft tokens sampled while two requests drafted together.
     assert.ok(
