@@ -1,4 +1,5 @@
 import type { LlamaEngineOptions, LlamaGpu } from "../engine/LlamaEngine.ts";
+import { SluiceError } from "../errors.ts";
 
 /**
  * The flags that choose where and how a command's model runs (parseArgs options; SLUICE_GPU,
@@ -21,12 +22,16 @@ export function gpuHelp(column: number): string {
   );
 }
 
-/** `--flash-attn`'s words (llama-server's) as the option's values; anything else goes on to be refused. */
+/**
+ * `--flash-attn`'s words (llama-server's) as the option's values. Anything else is refused here, under the
+ * flag's name: passed on, it would be refused as `flashAttention` with the library's words (`true`, `false`),
+ * which the flag does not take.
+ */
 const FLASH_ATTN: Record<string, boolean | "auto"> = { on: true, off: false, auto: "auto" };
 
 /**
- * The engine options the flags set. Values are passed on as typed: `LlamaEngine.create` checks them and names
- * the option in what it refuses.
+ * The engine options the flags set. `--gpu` and `--gpu-layers` are passed on as typed: `LlamaEngine.create`
+ * checks them and names the option in what it refuses.
  */
 export function gpuOptions(values: {
   gpu?: string | undefined;
@@ -35,10 +40,15 @@ export function gpuOptions(values: {
 }): Pick<LlamaEngineOptions, "gpu" | "gpuLayers" | "flashAttention"> {
   const layers = values["gpu-layers"];
   const flash = values["flash-attn"];
+  if (flash !== undefined && !Object.hasOwn(FLASH_ATTN, flash)) {
+    throw new SluiceError(
+      "invalid_option",
+      `--flash-attn (or SLUICE_FLASH_ATTN) expects on, off or auto; got "${flash}".`,
+      { param: "--flash-attn" },
+    );
+  }
   return {
-    ...(flash !== undefined
-      ? { flashAttention: Object.hasOwn(FLASH_ATTN, flash) ? FLASH_ATTN[flash]! : (flash as "auto") }
-      : {}),
+    ...(flash !== undefined ? { flashAttention: FLASH_ATTN[flash]! } : {}),
     ...(values.gpu !== undefined ? { gpu: values.gpu as LlamaGpu } : {}),
     ...(layers !== undefined
       ? { gpuLayers: /^\d+$/.test(layers) ? Number(layers) : (layers as "max" | "auto") }

@@ -72,7 +72,22 @@ test("the CLI flags map to the engine options as typed", () => {
   assert.deepEqual(gpuOptions({ "flash-attn": "on" }), { flashAttention: true });
   assert.deepEqual(gpuOptions({ "flash-attn": "off" }), { flashAttention: false });
   assert.deepEqual(gpuOptions({ "flash-attn": "auto" }), { flashAttention: "auto" });
-  assert.deepEqual(gpuOptions({ "flash-attn": "constructor" }), { flashAttention: "constructor" });
+});
+
+test("--flash-attn refuses anything but on, off and auto under the flag's own name", () => {
+  // The library's words (true, false) are not the flag's; the message must not tell a CLI user to use them.
+  for (const bad of ["true", "false", "1", "yes", "ON", "", "constructor", "__proto__"]) {
+    assert.throws(
+      () => gpuOptions({ "flash-attn": bad }),
+      (error: unknown) =>
+        error instanceof SluiceError &&
+        error.code === "invalid_option" &&
+        error.param === "--flash-attn" &&
+        error.message.includes(`"${bad}"`) &&
+        /on, off or auto/.test(error.message) &&
+        /SLUICE_FLASH_ATTN/.test(error.message),
+    );
+  }
 });
 
 test("flashAttention is checked before anything loads", async () => {
