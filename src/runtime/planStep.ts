@@ -19,6 +19,14 @@ export interface StepBudget {
   draftCost: DraftCost;
 }
 
+/**
+ * Prompt tokens a step keeps from drafts for the oldest prompt being read (or its minimum chunk, if larger;
+ * never more than its chunk or what it has left): drafts are a speed-up, a prompt's progress is a promise.
+ * Without it, speculative streams whose drafts fill `maxStepTokens` would hold a prompt back until they end.
+ * 8 is the prefill sizer's smallest chunk.
+ */
+export const PROMPT_RESERVE = 8;
+
 export interface PlannedItem {
   state: RequestState;
   item: StepItem;
@@ -45,10 +53,20 @@ export function planStep(running: readonly RequestState[], budget: StepBudget): 
     });
     left -= 1;
   }
+  const oldest = running.find((s) => s.phase === "prefill");
+  const reserve =
+    oldest === undefined
+      ? 0
+      : Math.min(
+          oldest.request.promptTokens.length - oldest.prefilled,
+          budget.prefillChunk,
+          budget.prefillBudget,
+          Math.max(PROMPT_RESERVE, budget.minChunk),
+        );
   for (const { state, item } of planned) {
     const speculation = state.speculation;
     if (speculation === undefined) continue;
-    const room = Math.min(left, state.request.maxTokens - state.generated - 1);
+    const room = Math.min(left - reserve, state.request.maxTokens - state.generated - 1);
     const draft = speculation.propose(room, budget.draftCost);
     item.draft = draft;
     left -= draft.length;

@@ -241,10 +241,38 @@ describe("planning drafts", () => {
           assert.ok(total <= maxStepTokens, `${total} > ${maxStepTokens}`);
           const decoding = running.filter((s) => s.phase === "decode");
           assert.equal(planned.filter((p) => p.state.phase === "decode").length, decoding.length);
+          // Drafts never hold the oldest prompt back: it reads at least its reserve whenever decodes leave room.
+          const oldest = running.find((s) => s.phase === "prefill");
+          if (oldest !== undefined && maxStepTokens - decoding.length > 0) {
+            const read = planned.find((p) => p.state === oldest)?.item.tokens.length ?? 0;
+            const want = Math.min(oldest.request.promptTokens.length, 8, maxStepTokens - decoding.length);
+            assert.ok(read >= want, `the oldest prompt read ${read}, fewer than ${want}`);
+          }
         },
       ),
       { numRuns: 300 },
     );
+  });
+
+  test("speculative streams whose drafts fill the step do not hold a prompt back until they end", async () => {
+    // Slot 0 repeats its prompt, so every draft is accepted and its length stays at draftMax; 2 decode
+    // tokens + 8 draft tokens fill a 10-token step. The prompt beside it must still be read step after step.
+    const loop = Array.from({ length: 400 }, (_, i) => 400 + (i % 4));
+    const { runtime, engine } = await scriptedRuntime(
+      { slots: 2, maxStepTokens: 10, script: (p) => (p[0] === 400 ? loop : [500, 501]) },
+      { drafter: "prompt-lookup", draftMax: 8, prefillChunkSize: 8 },
+    );
+    const stream = runtime.generate({ prompt: loop.slice(0, 12), maxTokens: 390, ignoreEos: true });
+    const reader = stream[Symbol.asyncIterator]();
+    for (let i = 0; i < 4; i++) await reader.next();
+    const from = engine.steps.length;
+    const prompt = runtime.generate({ prompt: Array.from({ length: 40 }, (_, i) => 600 + i), maxTokens: 2 });
+    await drain(prompt);
+    // 40 prompt tokens at 8 a step: 5 steps and the one that samples its second token, a few for admission.
+    assert.ok(engine.steps.length - from <= 10, `the prompt took ${engine.steps.length - from} steps`);
+    assert.ok(!stream.finished, "the speculative stream ended first: the test proves nothing");
+    stream.cancel();
+    await runtime.close();
   });
 });
 
