@@ -529,9 +529,8 @@ export class Runtime {
       if (!state) break;
       const useCache = this.#promptCache && state.request.cachePrompt;
       const prompt = state.request.promptTokens;
-      const { slot, hit, ...picked } = pickSlot(free, prompt, useCache);
       // The suffix left to read is at least the engine's efficient chunk where the prompt has it.
-      const reuse = Math.min(picked.reuse, Math.max(0, prompt.length - this.#budget.minChunk));
+      const { slot, hit, reuse } = pickSlot(free, prompt, useCache, this.#budget.minChunk);
       free = free.filter((c) => c.slot !== slot);
       state.phase = "prefill";
       state.slot = slot;

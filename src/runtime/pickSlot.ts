@@ -26,25 +26,30 @@ export function commonPrefix(a: readonly number[], b: readonly number[]): number
  * Picks the free slot for a prompt, a pure policy: the slot whose cache shares the longest prefix with the
  * prompt, counted only when that prefix is at least `MIN_PREFIX_SHARE` of the slot's cache; ties and misses
  * go to an empty slot, else the least recently used (its cache is the least likely to be wanted again).
- * `reuse` is the prefix kept, at most `prompt.length - 1`: the last prompt token is always evaluated again so
- * that the step that samples has its logits. Without `useCache` (the request opted out) it is 0 and the slot
- * is chosen by age alone. `hit`: the slot was chosen for its cache (a miss may still reuse a token or two of
- * the least recently used slot, a BOS and a common first word: that is reuse, not a hit).
+ * `reuse` is the prefix kept, at most `prompt.length - minRead`: the last prompt token is always evaluated
+ * again so that the step that samples has its logits, and an engine with a minimum prompt chunk
+ * (`EngineInfo.minPromptChunk`) reads at least that many. Only that much of a match counts: a slot whose match
+ * leaves nothing to reuse is no better than a miss, so it is not emptied for nothing. Without `useCache` (the
+ * request opted out) it is 0 and the slot is chosen by age alone. `hit`: the slot was chosen for its cache (a
+ * miss may still reuse a token or two of the least recently used slot, a BOS and a common first word: that is
+ * reuse, not a hit).
  */
 export function pickSlot(
   free: readonly SlotCandidate[],
   prompt: readonly number[],
   useCache = true,
+  minRead = 1,
 ): { slot: number; reuse: number; hit: boolean } {
+  // What can be reused: the last `minRead` prompt tokens (at least one) are read whatever the cache holds.
+  const reusable = prompt.length - Math.max(1, minRead);
   let best: SlotCandidate | undefined;
   let bestMatch = 0;
   let lru: SlotCandidate | undefined;
   for (const candidate of free) {
     if (lru === undefined || age(candidate) < age(lru)) lru = candidate;
     if (!useCache) continue;
-    // What can be reused: the last prompt token is read again whatever the cache holds.
-    const match = Math.min(commonPrefix(candidate.cached, prompt), prompt.length - 1);
-    if (match === 0 || match < MIN_PREFIX_SHARE * candidate.cached.length) continue;
+    const match = Math.min(commonPrefix(candidate.cached, prompt), reusable);
+    if (match <= 0 || match < MIN_PREFIX_SHARE * candidate.cached.length) continue;
     if (
       match > bestMatch ||
       (match === bestMatch && best !== undefined && candidate.lastUsed < best.lastUsed)
@@ -56,10 +61,7 @@ export function pickSlot(
   const chosen = best ?? lru;
   if (chosen === undefined) throw new Error("pickSlot needs at least one free slot");
   if (!useCache) return { slot: chosen.slot, reuse: 0, hit: false };
-  const reuse = Math.min(
-    chosen === best ? bestMatch : commonPrefix(chosen.cached, prompt),
-    prompt.length - 1,
-  );
+  const reuse = Math.min(chosen === best ? bestMatch : commonPrefix(chosen.cached, prompt), reusable);
   return { slot: chosen.slot, reuse: Math.max(0, reuse), hit: chosen === best };
 }
 

@@ -119,4 +119,33 @@ describe("minPromptChunk: no slivers of prompt", () => {
     );
     await runtime.close();
   });
+
+  test("a prompt that could reuse nothing past the minimum takes an empty slot, not a cache it would throw away", async () => {
+    const vocabulary = await bundledVocabulary();
+    const engine = new ScriptedEngine(vocabulary, {
+      slots: 2,
+      contextSize: 2048,
+      promptCache: true,
+      minPromptChunk: 64,
+      script: () => [300],
+    });
+    const runtime = await Runtime.create({ engine, prefillChunkSize: "auto" });
+    const words = (n: number, from = 0) => Array.from({ length: n }, (_, i) => 400 + ((from + i) % 300));
+    const conversation = words(100);
+    await drain(runtime.generate({ prompt: conversation, maxTokens: 1 }));
+    // 55 tokens shared with the cached 100: over half of that cache, but the prompt is 60 tokens long, so the
+    // minimum chunk leaves nothing of it to reuse. Placed on that slot it would empty it for nothing.
+    const short = runtime.generate({ prompt: [...words(55), ...words(5, 1000)], maxTokens: 1 });
+    await drain(short);
+    assert.equal((await short.result).usage.cachedTokens, 0);
+    assert.ok(
+      [0, 1].some((slot) => engine.cachedTokens(slot).length === 100),
+      "the conversation's cache was thrown away",
+    );
+    // The conversation's next turn still finds all of it.
+    const next = runtime.generate({ prompt: [...conversation, ...words(100, 2000)], maxTokens: 1 });
+    await drain(next);
+    assert.equal((await next.result).usage.cachedTokens, 100);
+    await runtime.close();
+  });
 });
