@@ -219,28 +219,32 @@ describe("pickSlot: longest shared prefix, a real share of the slot's cache, els
     });
   });
 
-  test("reuse is a common prefix of the chosen cache, below the prompt's length; never worse than a miss", () => {
+  test("reuse is a common prefix of the chosen cache, leaving the minimum to read; never worse than a miss", () => {
     const tokens = fc.array(fc.integer({ min: 0, max: 3 }), { maxLength: 8 });
     fc.assert(
       fc.property(
         fc.array(fc.tuple(tokens, fc.nat(20)), { minLength: 1, maxLength: 5 }),
         fc.array(fc.integer({ min: 0, max: 3 }), { minLength: 1, maxLength: 8 }),
-        (slots, prompt) => {
+        fc.integer({ min: 1, max: 6 }),
+        (slots, prompt, minRead) => {
           const free = slots.map(([cached, lastUsed], slot) => c(slot, cached, lastUsed));
-          const { slot, reuse, hit } = pickSlot(free, prompt);
+          const { slot, reuse, hit } = pickSlot(free, prompt, true, minRead);
           const chosen = free.find((f) => f.slot === slot)!;
-          assert.ok(reuse <= prompt.length - 1 && reuse >= 0);
+          // The last minRead tokens (the engine's minimum chunk; at least the last one) are always read.
+          const reusable = prompt.length - minRead;
+          assert.ok(reuse <= Math.max(0, reusable) && reuse >= 0);
           assert.ok(reuse <= commonPrefix(chosen.cached, prompt));
-          // A match counts when it covers at least half of what the slot holds; the best such one wins.
+          // A match counts when what of it can be reused covers at least half of what the slot holds; the best
+          // such one wins.
           const usable = (f: SlotCandidate) => {
-            const m = Math.min(commonPrefix(f.cached, prompt), prompt.length - 1);
+            const m = Math.min(commonPrefix(f.cached, prompt), reusable);
             return m > 0 && m >= 0.5 * f.cached.length ? m : 0;
           };
           const best = Math.max(...free.map(usable));
           assert.equal(hit, best > 0, "a hit exactly when a slot was chosen for its cache");
           assert.equal(
             reuse,
-            best === 0 ? Math.min(commonPrefix(chosen.cached, prompt), prompt.length - 1) : best,
+            best === 0 ? Math.max(0, Math.min(commonPrefix(chosen.cached, prompt), reusable)) : best,
           );
           if (best > 0) return;
           // Otherwise by age, an empty slot first.
