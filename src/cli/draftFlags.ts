@@ -53,8 +53,9 @@ export function draftOptions(values: {
     );
   }
   const max = values["draft-max"];
-  if (max !== undefined && !(Number.isInteger(Number(max)) && Number(max) >= 1)) {
-    throw new SluiceError("invalid_request", `--draft-max expects an integer >= 1; got "${max}".`, {
+  // The runtime's bound, refused here under the flag's name (its help says 1-64).
+  if (max !== undefined && !(Number.isInteger(Number(max)) && Number(max) >= 1 && Number(max) <= 64)) {
+    throw new SluiceError("invalid_request", `--draft-max expects an integer from 1 to 64; got "${max}".`, {
       param: "--draft-max",
     });
   }

@@ -32,4 +32,9 @@ test("draft-model without a draft model, or a draft model with another drafter, 
     refused("--drafter draft-model"),
   );
   assert.throws(() => parse(["--draft-max", "two"]), refused("--draft-max"));
+  // Past the runtime's bound too, under the flag's name rather than Runtime.create's draftMax.
+  for (const bad of ["0", "65", "1.5", ""]) {
+    assert.throws(() => parse(["--draft-max", bad]), refused("from 1 to 64"), bad);
+  }
+  assert.deepEqual(parse(["--draft-max", "64"]), { draftMax: 64 });
 });
