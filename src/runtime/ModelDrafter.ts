@@ -102,6 +102,12 @@ export class ModelDrafter implements Drafter {
       // Another drafter's requests are not this one's to draft for.
       if (!(drafter instanceof DraftRequest) || drafter.owner !== this || !drafter.active) continue;
       drafter.prepared = NO_DRAFT;
+      if (drafter.history.length >= this.engine.info.contextSize) {
+        // Its tokens fill the draft context and only grow: it can never draft again, so it holds no slot
+        // that another request could draft with.
+        this.#retire(drafter);
+        continue;
+      }
       const slot = drafter.slot ?? this.#take(drafter);
       if (slot === undefined) continue;
       drafting.push({ request: drafter, slot, max });
@@ -258,9 +264,16 @@ export class ModelDrafter implements Drafter {
     this.stats.failures++;
     d.draft.length = 0;
     d.slot.dirty = true;
-    d.request.failed = true;
-    // Its slot goes back to the pool (emptied) at the next call, without waiting for the request to end.
-    this.#released.push(d.request);
+    this.#retire(d.request);
+  }
+
+  /**
+   * The request drafts no more: its slot goes back to the pool at the next call, without waiting for the
+   * request to end.
+   */
+  #retire(request: DraftRequest): void {
+    request.failed = true;
+    if (request.slot !== undefined) this.#released.push(request);
   }
 }
 
@@ -296,6 +309,7 @@ class DraftRequest implements RequestDrafter {
   /** The draft `prepare` computed, valid while `history` is `preparedAt` tokens long. */
   prepared: readonly number[] = NO_DRAFT;
   preparedAt = -1;
+  /** Drafts no more (a draft-engine failure, or tokens past the draft context); its slot is given back. */
   failed = false;
   ended = false;
 
@@ -307,7 +321,7 @@ class DraftRequest implements RequestDrafter {
     this.history = prompt.slice();
   }
 
-  /** Still drafting: not ended and no draft-engine failure. */
+  /** Still drafting: not ended and not retired (`failed`). */
   get active(): boolean {
     return !this.ended && !this.failed;
   }

@@ -108,3 +108,26 @@ test("property: draft-engine faults, chunked catch-up, a full draft context and 
     { numRuns: 120 },
   );
 });
+
+test("a request whose tokens fill the draft context gives its draft slot back for one that can draft", async () => {
+  const script = (context: readonly number[]) => continuation(context, 400);
+  // One draft slot, a draft context of 40 tokens: a 60-token prompt can never draft.
+  const drafts = new ScriptedEngine(vocabulary, { script, slots: 1, contextSize: 40 });
+  const drafter = new ModelDrafter(drafts);
+  const target = new ScriptedEngine(vocabulary, { script, slots: 2, contextSize: 512 });
+  const runtime = await Runtime.create({ engine: target, drafter });
+  try {
+    const long = runtime.generate({ prompt: "abcdefghij".repeat(6), maxTokens: 200 });
+    const reader = long[Symbol.asyncIterator]();
+    await reader.next();
+    await reader.next();
+    const short = runtime.generate({ prompt: "abc", maxTokens: 20 });
+    await short.result;
+    assert.ok(!long.finished, "the long request must still hold on while the short one runs");
+    assert.ok(drafter.stats.drafted > 0, `the short request never drafted: ${JSON.stringify(drafter.stats)}`);
+    assert.equal(drafter.stats.failures, 0);
+    long.cancel();
+  } finally {
+    await runtime.close();
+  }
+});
