@@ -123,3 +123,38 @@ test("flash attention is off by default on the CPU, and on when asked; both gene
     }
   }
 });
+
+test("with flash attention on the CPU, a cached prefix leaves 64 tokens to read and greedy output is unchanged", async () => {
+  const options = { gpu: "off", slots: 1, contextSize: 512, threads: 1, flashAttention: true } as const;
+  const cached = await Runtime.create(options);
+  const plain = await Runtime.create({ ...options, promptCache: false });
+  try {
+    assert.equal(cached.engine.info.minPromptChunk, 64);
+    const verse =
+      "And God said, Let there be light: and there was light. And God saw the light, that it was good: ";
+    // A conversation that grows by less than 64 tokens a turn, then a prompt shorter than 64.
+    const turns = [
+      verse.repeat(6),
+      `${verse.repeat(6)}and God divided`,
+      `${verse.repeat(6)}and God`,
+      "And God",
+    ];
+    for (const prompt of turns) {
+      const [x, y] = await Promise.all([
+        cached.generate({ prompt, maxTokens: 6 }).result,
+        plain.generate({ prompt, maxTokens: 6 }).result,
+      ]);
+      assert.deepEqual(
+        x.tokenIds,
+        y.tokenIds,
+        `differs with the cache: ${JSON.stringify(prompt.slice(-20))}`,
+      );
+      const read = x.usage.promptTokens - x.usage.cachedTokens;
+      assert.ok(read >= Math.min(64, x.usage.promptTokens), `${read} prompt tokens read`);
+    }
+    assert.ok(cached.stats.promptTokensCached > 0, "the conversation reused its prefix");
+  } finally {
+    await cached.close();
+    await plain.close();
+  }
+});
