@@ -21,7 +21,8 @@ export interface StepBudget {
 
 /**
  * Prompt tokens a step keeps from drafts for the oldest prompt being read (or its minimum chunk, if larger;
- * never more than its chunk or what it has left): drafts are a speed-up, a prompt's progress is a promise.
+ * never more than its chunk or what it has left, and all it has left rather than leave a tail shorter than
+ * the minimum chunk): drafts are a speed-up, a prompt's progress is a promise.
  * Without it, speculative streams whose drafts fill `maxStepTokens` would hold a prompt back until they end.
  * 8 is the prefill sizer's smallest chunk.
  */
@@ -54,15 +55,15 @@ export function planStep(running: readonly RequestState[], budget: StepBudget): 
     left -= 1;
   }
   const oldest = running.find((s) => s.phase === "prefill");
-  const reserve =
-    oldest === undefined
-      ? 0
-      : Math.min(
-          oldest.request.promptTokens.length - oldest.prefilled,
-          budget.prefillChunk,
-          budget.prefillBudget,
-          Math.max(PROMPT_RESERVE, budget.minChunk),
-        );
+  let reserve = 0;
+  if (oldest !== undefined) {
+    const remaining = oldest.request.promptTokens.length - oldest.prefilled;
+    const floor = Math.max(PROMPT_RESERVE, budget.minChunk);
+    reserve = Math.min(remaining, budget.prefillChunk, budget.prefillBudget, floor);
+    // A tail shorter than the minimum chunk would be a sliver read later: it is kept with the reserve (as the
+    // prompt loop reads such a tail with its chunk when the step has room).
+    if (remaining - reserve < budget.minChunk) reserve = remaining;
+  }
   for (const { state, item } of planned) {
     const speculation = state.speculation;
     if (speculation === undefined) continue;

@@ -70,6 +70,59 @@ describe("minPromptChunk: no slivers of prompt", () => {
     );
   });
 
+  test("property: drafts never cut the oldest prompt's chunk into a sliver", () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 300 }),
+        fc.integer({ min: 1, max: 4 }),
+        fc.integer({ min: 1, max: 96 }),
+        fc.integer({ min: 16, max: 600 }),
+        (length, decoding, min, maxStepTokens) => {
+          // Streams that draft as much as they are let (up to 64): the step is full unless the planner keeps room.
+          const speculation = {
+            propose: (room: number) => Array.from({ length: Math.min(room, 64) }, () => 1),
+          };
+          const states = [
+            ...Array.from({ length: decoding }, (_, slot) => ({
+              slot,
+              phase: "decode",
+              lastToken: 5,
+              generated: 1,
+              speculation,
+              request: { sampler: {}, maxTokens: 10_000 },
+            })),
+            {
+              slot: decoding,
+              phase: "prefill",
+              prefilled: 0,
+              request: { promptTokens: Array.from({ length }, () => 7), sampler: {} },
+            },
+          ] as unknown as RequestState[];
+          const chunk = Math.max(min, 128);
+          const planned = planStep(states, {
+            prefillChunk: chunk,
+            prefillBudget: chunk,
+            maxStepTokens,
+            draftCost: new DraftCost(),
+            minChunk: min,
+          });
+          const read = planned.find((p) => p.state.phase === "prefill")?.item.tokens.length ?? 0;
+          const tail = length - read;
+          const room = maxStepTokens - decoding;
+          assert.ok(read > 0, "the prompt read nothing");
+          if (tail > 0 && (read < min || tail < min)) {
+            // Only when the decodes alone leave no room to read it without a sliver.
+            assert.ok(
+              room < length && room - min < min,
+              `read ${read}, left ${tail} (min ${min}, room ${room})`,
+            );
+          }
+        },
+      ),
+      { numRuns: 3000 },
+    );
+  });
+
   test("a cached prefix leaves at least the minimum to read; prompt chunks are never shorter unless last", async () => {
     const vocabulary = await bundledVocabulary();
     const engine = new ScriptedEngine(vocabulary, {
