@@ -246,7 +246,11 @@ export class Runtime {
       promptTail: promptTail(this.engine.info.vocabulary, request.promptTokens),
     });
     const speculation = request.speculative
-      ? new Speculation(this.#drafter!.start(request.promptTokens), this.#draftMax)
+      ? new Speculation(
+          this.#drafter!.start(request.promptTokens),
+          this.#draftMax,
+          this.#drafter!.prepare !== undefined,
+        )
       : undefined;
     state = new RequestState(request, producer, processor, speculation);
     // Armed before the request can be seen by the loop: from here on, any failure finishes it.
@@ -359,14 +363,14 @@ export class Runtime {
           }
           this.#budget.prefillChunk = this.#budget.prefillBudget = this.#sizer.chunk(decoding, reading);
         }
-        await this.#prepareDrafts(running);
+        const draftMs = await this.#prepareDrafts(running);
         const planned = planStep(running, this.#budget);
         if (planned.length === 0) {
           if (!this.#pending) await new Promise<void>((resolve) => (this.#wake = resolve));
           this.#wake = undefined;
           continue;
         }
-        await this.#step(planned);
+        await this.#step(planned, draftMs);
       } catch (error) {
         // A bug in the loop itself: the finalizer ends every request rather than leave any hanging.
         this.#failAll("internal_error", error);
@@ -379,10 +383,11 @@ export class Runtime {
   /**
    * A drafter that computes its guesses (a draft model) does so here, for every decoding request that will
    * ask for a draft in the step about to be planned, batched by the drafter. Its failure only costs drafts.
+   * Returns how long it took, in ms: part of what the step's drafts cost (`DraftCost`).
    */
-  async #prepareDrafts(running: readonly RequestState[]): Promise<void> {
+  async #prepareDrafts(running: readonly RequestState[]): Promise<number> {
     const drafter = this.#drafter;
-    if (drafter?.prepare === undefined) return;
+    if (drafter?.prepare === undefined) return 0;
     const wanted: DraftWanted[] = [];
     for (const state of running) {
       const speculation = state.speculation;
@@ -391,14 +396,17 @@ export class Runtime {
       const max = speculation.wanted(room, this.#draftCost);
       if (max > 0) wanted.push({ drafter: speculation.drafter, max });
     }
+    const started = performance.now();
     try {
       await drafter.prepare(wanted);
     } catch {
       // A drafter's own bug: this step goes without what it did not prepare, the requests go on.
     }
+    return performance.now() - started;
   }
 
-  async #step(planned: PlannedItem[]): Promise<void> {
+  /** `draftMs`: what computing this step's drafts took before it (a draft model's steps), in ms. */
+  async #step(planned: PlannedItem[], draftMs = 0): Promise<void> {
     const items = planned.map((p) => p.item);
     // Structurally impossible (finished slots are evicted before planning); counted so a regression shows.
     let promptTokens = 0;
@@ -428,7 +436,15 @@ export class Runtime {
     this.stats.step(now - started, items);
     this.#sizer?.observe(now - started, promptTokens);
     if (this.#drafter !== undefined)
-      this.#draftCost.observe(now - started, decodes, drafting, draftTokens, promptTokens);
+      // Drafts cost their verification and what computing them took; a step without drafts is a plain decode
+      // (a draft model's one-token probe at length 0 is left out: it is throttled, see Speculation).
+      this.#draftCost.observe(
+        now - started + (draftTokens > 0 ? draftMs : 0),
+        decodes,
+        drafting,
+        draftTokens,
+        promptTokens,
+      );
     for (let i = 0; i < planned.length; i++) {
       const { state, item } = planned[i]!;
       // Cancelled while the step was in flight: its terminal chunk is already out; the result is dropped.

@@ -87,7 +87,7 @@ test("a cancel while drafting frees the slot within the step, nothing computed a
   same(next, ref, "after the cancel");
 });
 
-test("a ModelDrafter over a draft engine of one's own: the same output, batched draft steps, long prompts read in chunks", async () => {
+test("a ModelDrafter over a draft engine of one's own: the same output, long prompts read in chunks", async () => {
   // A small batch: a prompt longer than it reaches the draft slot over several calls.
   const draftEngine = await createEngine({
     model: BUNDLED_CHAT_MODEL_PATH,
@@ -114,11 +114,8 @@ test("a ModelDrafter over a draft engine of one's own: the same output, batched 
     assert.ok(drafter.stats.drafted > 0 && drafter.stats.steps > 0);
     assert.ok(drafter.stats.catchUpTokens > 64 * 2, String(drafter.stats.catchUpTokens));
     assert.equal(drafter.stats.failures, 0);
-    // Batched: fewer draft steps than draft tokens sampled while two requests drafted together.
-    assert.ok(
-      drafter.stats.steps < drafter.stats.drafted,
-      `${drafter.stats.steps} steps, ${drafter.stats.drafted} drafted`,
-    );
+    // How many draft steps there are depends on timing here: the draft model costs as much as the target, so
+    // the runtime prices long drafts out (one draft step per draft position is the scripted tests' to show).
   } finally {
     await own.close();
     await draftEngine.close();

@@ -456,10 +456,12 @@ describe("ModelDrafter in the runtime", () => {
       let released = 0;
       const drafts = draftEngine({ slots: 1, onReleaseSlot: () => void released++ });
       const drafter = new ModelDrafter(drafts);
-      // One target slot; "error": the target fails the request's item at its fourth step.
+      // One target slot; "error": the target fails the request's item at its fourth step. Its steps take
+      // 5 ms, the draft engine's none: drafts pay (the runtime prices them with the drafter's own time).
       const engine = new ScriptedEngine(vocabulary, {
         script: targetScript,
         slots: 1,
+        stepMs: () => 5,
         ...(ending === "error" ? { faults: [{ step: 4, slot: 0 }] } : {}),
       });
       const runtime = await Runtime.create({ engine, drafter });

@@ -3,7 +3,7 @@ import { describe, test } from "node:test";
 import fc from "fast-check";
 import { SluiceError } from "../../src/errors.ts";
 import { DraftCost } from "../../src/runtime/DraftCost.ts";
-import type { RequestDrafter } from "../../src/runtime/Drafter.ts";
+import type { Drafter, RequestDrafter } from "../../src/runtime/Drafter.ts";
 import { DraftLength } from "../../src/runtime/DraftLength.ts";
 import { PromptLookup } from "../../src/runtime/PromptLookup.ts";
 import { planStep } from "../../src/runtime/planStep.ts";
@@ -149,9 +149,14 @@ describe("draft length", () => {
     };
     const cost = new DraftCost();
     const speculation = new Speculation(drafter, 4);
-    speculation.length.rate = 0;
+    // Until a plain decode step is timed, a draft's cost is unknown: none is sent, however good the guesses.
+    speculation.length.rate = 1;
     assert.deepEqual(speculation.propose(4, cost), []);
     assert.equal(guesses, 1);
+    cost.observe(1, 1, 0, 0, 0);
+    speculation.length.rate = 0;
+    assert.deepEqual(speculation.propose(4, cost), []);
+    assert.equal(guesses, 2);
     for (let i = 0; i < 40 && speculation.draft.length === 0; i++) {
       speculation.verified(0, 9);
       speculation.propose(4, cost);
@@ -332,5 +337,60 @@ describe("options", () => {
     await drain(runtime.generate({ prompt: "abcabcabcabc", maxTokens: 10 }));
     assert.ok(engine.steps.every((s) => s.items.every((i) => i.draft === undefined)));
     await runtime.close();
+  });
+});
+
+describe("a drafter whose guesses cost time (a draft model)", () => {
+  /**
+   * A drafter that always guesses right (it knows the script) and, like a draft model, computes its guesses
+   * in `prepare`, taking `prepareMs` per call that asks for any. Costs are simulated with timers, 40x apart
+   * (the target step 1 ms, drafting 40 ms), so machine load cannot turn the comparison around.
+   */
+  function oracle(script: readonly number[], prepareMs: number) {
+    let prepares = 0;
+    const drafter: Drafter = {
+      name: "oracle",
+      start(prompt) {
+        const seen: number[] = [];
+        return {
+          push: (token: number) => void seen.push(token),
+          draft: (max: number) => script.slice(seen.length, seen.length + max),
+          release() {},
+        } satisfies RequestDrafter & { release(): void };
+      },
+      async prepare(wanted) {
+        if (wanted.length === 0) return;
+        prepares++;
+        if (prepareMs > 0) await new Promise((resolve) => setTimeout(resolve, prepareMs));
+      },
+    };
+    return { drafter, prepares: () => prepares };
+  }
+
+  test("its time counts in what drafts cost: a slow one stops drafting, a free one keeps going", async () => {
+    const script = Array.from({ length: 300 }, (_, i) => 400 + (i % 7));
+    const drafted: Record<string, number> = {};
+    for (const [name, prepareMs] of [
+      ["free", 0],
+      ["slow", 40],
+    ] as const) {
+      const { drafter, prepares } = oracle(script, prepareMs);
+      const { runtime } = await scriptedRuntime(
+        { slots: 1, stepMs: () => 1, script: () => script },
+        { drafter, draftMax: 8 },
+      );
+      await drain(runtime.generate({ prompt: [1, 2, 3], maxTokens: 240, ignoreEos: true }));
+      drafted[name] = runtime.stats.draftTokens / 240;
+      if (name === "slow") {
+        // At length 0 its one-token probe comes every PROBE_EVERY steps, not every step.
+        const steps = runtime.steps;
+        assert.ok(prepares() < steps / 2, `${prepares()} prepares in ${steps} steps`);
+      }
+      await runtime.close();
+    }
+    // Right every time, a free drafter settles at draftMax (8 of every 9 tokens drafted) after its ramp-up.
+    const figures = `draft tokens per token: free ${drafted.free}, slow ${drafted.slow}`;
+    assert.ok(drafted.free! > 0.6, figures);
+    assert.ok(drafted.slow! < 0.25, figures);
   });
 });
