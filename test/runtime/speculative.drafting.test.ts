@@ -350,7 +350,7 @@ describe("a drafter whose guesses cost time (a draft model)", () => {
     let prepares = 0;
     const drafter: Drafter = {
       name: "oracle",
-      start(prompt) {
+      start() {
         const seen: number[] = [];
         return {
           push: (token: number) => void seen.push(token),
