@@ -28,6 +28,23 @@ export interface SamplerConfig {
   logprobs: number | undefined;
 }
 
+/** Greedy sampling with nothing else: no penalties, biases, grammar or log-probabilities. */
+export const GREEDY: SamplerConfig = Object.freeze({
+  temperature: 0,
+  topK: 1,
+  topP: 1,
+  minP: 0,
+  seed: 0,
+  repeatPenalty: 1,
+  repeatLastN: 0,
+  presencePenalty: 0,
+  frequencyPenalty: 0,
+  logitBias: undefined,
+  suppress: undefined,
+  grammar: undefined,
+  logprobs: undefined,
+});
+
 /**
  * One slot's share of a step. `sample` undefined: a prefill chunk (tokens go into the KV cache, nothing is
  * sampled). `sample` set: feed `tokens` (the last prompt chunk, or the previously sampled token) and sample

@@ -1,23 +1,6 @@
-import type { Engine, EngineInfo, SamplerConfig, StepItem, StepOutcome } from "../engine/Engine.ts";
+import { type Engine, type EngineInfo, GREEDY, type StepItem, type StepOutcome } from "../engine/Engine.ts";
 import { SluiceError } from "../errors.ts";
 import { type Drafter, type DraftWanted, NO_DRAFT, type RequestDrafter } from "./Drafter.ts";
-
-/** Drafting is greedy: the draft is the draft model's most likely continuation. */
-const GREEDY: SamplerConfig = Object.freeze({
-  temperature: 0,
-  topK: 1,
-  topP: 1,
-  minP: 0,
-  seed: 0,
-  repeatPenalty: 1,
-  repeatLastN: 0,
-  presencePenalty: 0,
-  frequencyPenalty: 0,
-  logitBias: undefined,
-  suppress: undefined,
-  grammar: undefined,
-  logprobs: undefined,
-});
 
 /** Counters of the draft engine's work, for benchmarks and tests. */
 export interface ModelDrafterStats {
