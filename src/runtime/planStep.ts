@@ -54,7 +54,11 @@ export function planStep(running: readonly RequestState[], budget: StepBudget): 
     });
     left -= 1;
   }
-  const oldest = running.find((s) => s.phase === "prefill");
+  // Prompts in admission order, not slot order: a prompt admitted later to a lower slot must not read first
+  // (and hold back an older one for as long as it reads). Stable, so ties keep slot order.
+  const prompts = running.filter((s) => s.phase === "prefill");
+  if (prompts.length > 1) prompts.sort((a, b) => a.admittedAt - b.admittedAt);
+  const oldest = prompts[0];
   let reserve = 0;
   if (oldest !== undefined) {
     const remaining = oldest.request.promptTokens.length - oldest.prefilled;
@@ -75,8 +79,8 @@ export function planStep(running: readonly RequestState[], budget: StepBudget): 
   let prefillLeft = budget.prefillBudget;
   /** Whether a prompt chunk is already planned in this step. */
   let reading = false;
-  for (const state of running) {
-    if (state.phase !== "prefill" || left <= 0 || prefillLeft <= 0) continue;
+  for (const state of prompts) {
+    if (left <= 0 || prefillLeft <= 0) break;
     const prompt = state.request.promptTokens;
     const remaining = prompt.length - state.prefilled;
     let take = Math.min(budget.prefillChunk, prefillLeft, left, remaining);

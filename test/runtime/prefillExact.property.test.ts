@@ -126,3 +126,29 @@ test("property: every prompt reaches its slot exactly once, in order, in steps w
     { numRuns: 300 },
   );
 });
+
+test("prompts are read in admission order, not slot order: a later prompt on a lower slot does not go first", async () => {
+  const engine = new ScriptedEngine(vocabulary, {
+    slots: 2,
+    contextSize: 4096,
+    maxStepTokens: 40,
+    script: () => [500, 501, 502],
+  });
+  const runtime = await Runtime.create({ engine });
+  try {
+    const words = (n: number, from: number) => Array.from({ length: n }, (_, i) => 400 + ((from + i) % 200));
+    // A short stream holds slot 0 while the older prompt is admitted to slot 1; the newer one gets slot 0.
+    const stream = runtime.generate({ prompt: words(3, 0), maxTokens: 3, ignoreEos: true });
+    const older = runtime.generate({ prompt: words(2000, 50), maxTokens: 1 });
+    await stream.result;
+    const newer = runtime.generate({ prompt: words(2000, 90), maxTokens: 1 });
+    const order: string[] = [];
+    await Promise.all([
+      older.result.then(() => order.push("older")),
+      newer.result.then(() => order.push("newer")),
+    ]);
+    assert.deepEqual(order, ["older", "newer"]);
+  } finally {
+    await runtime.close();
+  }
+});
