@@ -40,17 +40,25 @@ export const ROUTE_PATH: Record<GenerationKind, string> = {
  * The body sent upstream: the client's, with `stream: true` and `stream_options.include_usage: true`
  * (the gateway re-renders the stream for its own client, and wants the upstream's usage once, at the end:
  * vLLM's `continuous_usage_stats` is dropped, since the gateway's own chunks do not carry per-chunk usage).
- * Throws `invalid_request` for a body that is not a JSON object.
+ * Throws `invalid_request` for a body that is not a JSON object, and for a `continuous_usage_stats` that is
+ * not a boolean: dropped here, it would reach no upstream to be refused as a Sluice or vLLM server refuses it.
  */
 export function upstreamBody(body: unknown): string {
   if (typeof body !== "object" || body === null || Array.isArray(body)) {
     throw new SluiceError("invalid_request", "The request body must be a JSON object.");
   }
   const b = body as OpenAIBody;
-  const { continuous_usage_stats: _perChunk, ...streamOptions } =
+  const { continuous_usage_stats: perChunk, ...streamOptions } =
     typeof b.stream_options === "object" && b.stream_options !== null
       ? (b.stream_options as Record<string, unknown>)
       : {};
+  if (perChunk !== undefined && perChunk !== null && typeof perChunk !== "boolean") {
+    throw new SluiceError(
+      "invalid_request",
+      `stream_options.continuous_usage_stats must be a boolean; got ${JSON.stringify(perChunk)}.`,
+      { param: "stream_options.continuous_usage_stats" },
+    );
+  }
   return JSON.stringify({ ...b, stream: true, stream_options: { ...streamOptions, include_usage: true } });
 }
 

@@ -62,6 +62,28 @@ describe("gateway server: answers to upstream failures", () => {
     assert.equal(s.bodies.length, 0);
   });
 
+  test("a continuous_usage_stats that is not a boolean is a 400 naming it, as a Sluice server answers", async () => {
+    const s = await upstream((_req, res) => {
+      res.end();
+    });
+    const url = await gateway([s.url]);
+    // The gateway drops the option from what it sends: no upstream would see it to refuse it.
+    for (const path of ["/v1/completions", "/v1/chat/completions"]) {
+      const r = await postJson(url, path, {
+        prompt: "x",
+        messages: [{ role: "user", content: "x" }],
+        stream: true,
+        stream_options: { include_usage: true, continuous_usage_stats: "yes" },
+      });
+      assert.equal(r.status, 400, path);
+      const { error } = (await r.json()) as { error: { code: string; param: string; message: string } };
+      assert.equal(error.code, "invalid_request");
+      assert.equal(error.param, "stream_options.continuous_usage_stats");
+      assert.match(error.message, /must be a boolean; got "yes"/);
+    }
+    assert.equal(s.bodies.length, 0);
+  });
+
   test("no upstream up: 503 with Retry-After, streaming or not; /health says so", async () => {
     const url = await gateway(["http://127.0.0.1:9"]);
     const r = await postJson(url, "/v1/completions", { prompt: "x", stream: true });
