@@ -5,6 +5,10 @@
  *   npx tsx scripts/make-synthetic-model.ts --preset edge --measure
  *   npx tsx scripts/make-synthetic-model.ts --out bench/models/synthetic-x.gguf --embd 512 --layers 8 \
  *     --heads 8 --kv-heads 4 --ff 1536 --ctx 2048 [--type f16|f32|q8_0] [--seed 1]
+ *
+ * `--preset deep` writes a different kind of model: the bundled model plus cost-only blocks (see
+ * gguf/makeDeepModel.ts), a target that the bundled model as a draft agrees with on most tokens.
+ *   npx tsx scripts/make-synthetic-model.ts --preset deep [--perturb 0.06] [--layers 12] [--ff 8192] --measure
  */
 import { mkdirSync, readFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
@@ -12,6 +16,10 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import type { Llama, LlamaContextSequence, LlamaModel, Token } from "node-llama-cpp";
 import { GgmlType, GgufWriter, readGgufMetadata } from "./gguf/GgufWriter.ts";
+import { gaussianTensor } from "./gguf/gaussianTensor.ts";
+import { DEEP_PRESET, type DeepModelOptions, makeDeepModel } from "./gguf/makeDeepModel.ts";
+
+export { gaussianTensor };
 
 const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 export const DEFAULT_TOKENIZER_SOURCE = resolve(REPO_ROOT, "models/kjv-tiny.gguf");
@@ -57,54 +65,6 @@ export type PresetName = keyof typeof PRESETS;
 const GGML_TYPE: Record<WeightType, GgmlType> = { f32: GgmlType.F32, f16: GgmlType.F16, q8_0: GgmlType.Q8_0 };
 /** llama_ftype values for general.file_type (ALL_F32, MOSTLY_F16, MOSTLY_Q8_0). */
 const FILE_TYPE: Record<WeightType, number> = { f32: 0, f16: 1, q8_0: 7 };
-
-/** FNV-1a, so each tensor gets its own stream and its values do not depend on the writing order. */
-function hashString(s: string, seed: number): number {
-  let h = (0x811c9dc5 ^ seed) >>> 0;
-  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193) >>> 0;
-  return h;
-}
-
-/** xoshiro128** seeded through splitmix32: fast, deterministic across platforms, no dependencies. */
-function makeRng(seed: number): () => number {
-  let z = seed >>> 0;
-  const split = () => {
-    z = (z + 0x9e3779b9) >>> 0;
-    let t = z;
-    t = Math.imul(t ^ (t >>> 16), 0x21f0aaad);
-    t = Math.imul(t ^ (t >>> 15), 0x735a2d97);
-    return (t ^ (t >>> 15)) >>> 0;
-  };
-  let a = split();
-  let b = split();
-  let c = split();
-  let d = split();
-  return () => {
-    const r = Math.imul(((Math.imul(b, 5) << 7) | (Math.imul(b, 5) >>> 25)) >>> 0, 9) >>> 0;
-    const t = b << 9;
-    c ^= a;
-    d ^= b;
-    b ^= c;
-    a ^= d;
-    c ^= t;
-    d = (d << 11) | (d >>> 21);
-    return r;
-  };
-}
-
-export function gaussianTensor(elements: number, std: number, seed: number, name: string): Float32Array {
-  const next = makeRng(hashString(name, seed));
-  const out = new Float32Array(elements);
-  for (let i = 0; i < elements; i += 2) {
-    // Box-Muller; the +0.5 keeps u1 strictly inside (0, 1) so log() stays finite.
-    const u1 = (next() + 0.5) / 4294967296;
-    const u2 = next() / 4294967296;
-    const r = std * Math.sqrt(-2 * Math.log(u1));
-    out[i] = r * Math.cos(2 * Math.PI * u2);
-    if (i + 1 < elements) out[i + 1] = r * Math.sin(2 * Math.PI * u2);
-  }
-  return out;
-}
 
 export function validateShape(s: SyntheticModelShape): void {
   const ints: (keyof SyntheticModelShape)[] = ["embd", "layers", "heads", "kvHeads", "ff", "ctx"];
@@ -286,6 +246,91 @@ export async function checkModel(
   }
 }
 
+/** Openings for the agreement check: KJV-like text the bundled model continues in its own style. */
+const AGREEMENT_PROMPTS = [
+  "In the beginning",
+  "And God said, Let there be",
+  "The LORD is my shepherd",
+  "Genesis 2\n1 Thus the heavens",
+  "And it came to pass, when",
+  "Blessed are the",
+  "And he said unto them,",
+  "For God so loved",
+];
+
+export interface Agreement {
+  /**
+   * Share of the target's greedy tokens that the draft model's greedy choice matches, given the same (target's)
+   * history: the chance that a greedy draft token is accepted.
+   */
+  perToken: number;
+  tokens: number;
+  /** Per prompt, how many of the first greedy tokens both models generate identically. */
+  identicalPrefix: number[];
+}
+
+/**
+ * Greedy agreement of a draft model with a target of the same vocabulary: the target generates `tokens` tokens
+ * after each prompt, the draft model reads them and predicts each one.
+ */
+export async function measureAgreement(
+  target: string,
+  draft: string,
+  opts: { threads: number; tokens?: number; llama?: Llama },
+): Promise<Agreement> {
+  const { getLlama, LlamaLogLevel } = await import("node-llama-cpp");
+  const llama =
+    opts.llama ??
+    (await getLlama({ gpu: false, build: "never", skipDownload: true, logLevel: LlamaLogLevel.warn }));
+  const tokens = opts.tokens ?? 64;
+  const [targetModel, draftModel] = await Promise.all([
+    llama.loadModel({ modelPath: target }),
+    llama.loadModel({ modelPath: draft }),
+  ]);
+  try {
+    const contextOptions = { contextSize: 256, sequences: 1, threads: opts.threads };
+    const [targetContext, draftContext] = await Promise.all([
+      targetModel.createContext(contextOptions),
+      draftModel.createContext(contextOptions),
+    ]);
+    let agreed = 0;
+    let total = 0;
+    const identicalPrefix: number[] = [];
+    for (const text of AGREEMENT_PROMPTS) {
+      const prompt: Token[] = [targetModel.tokens.bos!, ...targetModel.tokenize(text)];
+      const targetSeq = targetContext.getSequence();
+      const generated: Token[] = [];
+      for await (const token of targetSeq.evaluate(prompt, { temperature: 0, yieldEogToken: true })) {
+        generated.push(token);
+        if (generated.length === tokens) break;
+      }
+      await targetSeq.dispose();
+      // The draft reads prompt + generated[..-1] and predicts every generated token from the same history.
+      const draftSeq = draftContext.getSequence();
+      const input = [...prompt, ...generated.slice(0, -1)];
+      const predicted = await draftSeq.controlledEvaluate(
+        input.map((token, i) =>
+          i >= prompt.length - 1 ? [token, { generateNext: { token: true } }] : token,
+        ),
+      );
+      await draftSeq.dispose();
+      let prefix = -1;
+      for (let i = 0; i < generated.length; i++) {
+        const same = predicted[prompt.length - 1 + i]?.next.token === generated[i];
+        if (same) agreed++;
+        else if (prefix < 0) prefix = i;
+      }
+      total += generated.length;
+      identicalPrefix.push(prefix < 0 ? generated.length : prefix);
+    }
+    await Promise.all([targetContext.dispose(), draftContext.dispose()]);
+    return { perToken: agreed / Math.max(1, total), tokens: total, identicalPrefix };
+  } finally {
+    await Promise.all([targetModel.dispose(), draftModel.dispose()]);
+    if (!opts.llama) await llama.dispose();
+  }
+}
+
 async function measure(
   seq: LlamaContextSequence,
   model: LlamaModel,
@@ -353,7 +398,13 @@ function usage(): string {
     "usage: npx tsx scripts/make-synthetic-model.ts [--preset small|medium|edge] [--out FILE]",
     "         [--embd N] [--layers N] [--heads N] [--kv-heads N] [--ff N] [--ctx N]",
     "         [--type f16|f32|q8_0] [--seed N] [--std X] [--tokenizer-from FILE] [--measure] [--threads N]",
+    "       npx tsx scripts/make-synthetic-model.ts --preset deep [--from FILE] [--layers N] [--ff N] [--perturb X]",
+    "         [--out FILE] [--seed N] [--std X] [--measure] [--threads N]",
     "",
+    `deep: FILE's blocks (default models/kjv-tiny.gguf) plus --layers extra blocks (default ` +
+      `${DEEP_PRESET.extraLayers}) of FFN width --ff (default ${DEEP_PRESET.ff}) whose output projections are ` +
+      `N(0, --perturb) (default ${DEEP_PRESET.perturb}; 0 keeps FILE's function exactly); prints FILE's greedy ` +
+      "agreement with it. Default output: bench/models/kjv-deep.gguf",
     "Shape flags override the preset's values. Default output: bench/models/synthetic-<preset|custom>.gguf",
     `presets: ${Object.entries(PRESETS)
       .map(
@@ -362,6 +413,34 @@ function usage(): string {
       )
       .join("; ")}`,
   ].join("\n");
+}
+
+async function mainDeep(o: DeepModelOptions & { from: string; measure: boolean; threads: number }) {
+  const t0 = performance.now();
+  const made = makeDeepModel({ ...o, name: "kjv-deep" });
+  console.log(
+    `wrote ${made.path}: ${(made.bytes / 1e6).toFixed(1)} MB, ${(made.parameters / 1e6).toFixed(1)}M parameters ` +
+      `in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
+  );
+  console.log(
+    `${made.sourceLayers} blocks of ${o.from} + ${made.layers - made.sourceLayers} extra, ff ${made.ff}, ` +
+      `output projections of the extra blocks N(0, ${o.perturb})`,
+  );
+  const agreement = await measureAgreement(made.path, o.from, { threads: o.threads });
+  console.log(
+    `greedy agreement of ${o.from} with it: ${(agreement.perToken * 100).toFixed(1)}% of ${agreement.tokens} ` +
+      `tokens; identical greedy prefixes ${agreement.identicalPrefix.join(", ")}`,
+  );
+  if (!o.measure) return;
+  const [deep, source] = [
+    await checkModel(made.path, { threads: o.threads, measure: true }),
+    await checkModel(o.from, { threads: o.threads, measure: true }),
+  ];
+  const ms = (c: ModelCheck) => c.decodeMsPerToken?.median ?? Number.NaN;
+  console.log(
+    `threads ${o.threads}: decode median ${ms(deep).toFixed(2)} ms/token vs ${ms(source).toFixed(2)} for the ` +
+      `source: ${(ms(deep) / ms(source)).toFixed(1)}x`,
+  );
 }
 
 async function main(argv: string[]): Promise<void> {
@@ -380,6 +459,8 @@ async function main(argv: string[]): Promise<void> {
       seed: { type: "string" },
       std: { type: "string" },
       "tokenizer-from": { type: "string" },
+      from: { type: "string" },
+      perturb: { type: "string" },
       measure: { type: "boolean", default: false },
       threads: { type: "string", default: "2" },
       help: { type: "boolean", short: "h", default: false },
@@ -389,11 +470,6 @@ async function main(argv: string[]): Promise<void> {
     console.log(usage());
     return;
   }
-  const presetName = values.preset ?? "custom";
-  if (values.preset !== undefined && !(values.preset in PRESETS)) {
-    throw new Error(`unknown preset ${values.preset}\n${usage()}`);
-  }
-  const base: Partial<SyntheticModelShape> = values.preset ? PRESETS[values.preset as PresetName] : {};
   const num = (flag: string, v: string | undefined, fallback: number | undefined) => {
     if (v === undefined) {
       if (fallback === undefined) throw new Error(`--${flag} is required without --preset\n${usage()}`);
@@ -403,6 +479,25 @@ async function main(argv: string[]): Promise<void> {
     if (!Number.isFinite(n)) throw new Error(`--${flag}: not a number: ${v}`);
     return n;
   };
+  const presetName = values.preset ?? "custom";
+  if (values.preset === "deep") {
+    await mainDeep({
+      out: resolve(values.out ?? resolve(REPO_ROOT, "bench/models/kjv-deep.gguf")),
+      from: resolve(values.from ?? DEFAULT_TOKENIZER_SOURCE),
+      extraLayers: num("layers", values.layers, DEEP_PRESET.extraLayers),
+      ff: num("ff", values.ff, DEEP_PRESET.ff),
+      perturb: num("perturb", values.perturb, DEEP_PRESET.perturb),
+      seed: num("seed", values.seed, 1),
+      std: num("std", values.std, 0.02),
+      measure: values.measure === true,
+      threads: num("threads", values.threads, 2),
+    });
+    return;
+  }
+  if (values.preset !== undefined && !(values.preset in PRESETS)) {
+    throw new Error(`unknown preset ${values.preset}\n${usage()}`);
+  }
+  const base: Partial<SyntheticModelShape> = values.preset ? PRESETS[values.preset as PresetName] : {};
   const shape: SyntheticModelShape = {
     embd: num("embd", values.embd, base.embd),
     layers: num("layers", values.layers, base.layers),

@@ -443,6 +443,10 @@ class ByteSource {
   #pos = 0;
   constructor(readonly buf: Buffer) {}
 
+  get position(): number {
+    return this.#pos;
+  }
+
   #take(n: number): number {
     if (this.#pos + n > this.buf.length) throw new NeedMoreBytes();
     const at = this.#pos;
@@ -499,12 +503,11 @@ const TYPE_BY_ID = new Map<number, GgufItemType | "array">(
   Object.entries(VALUE_TYPE_ID).map(([name, id]) => [id, name as GgufItemType | "array"]),
 );
 
-function parseMetadata(buf: Buffer): Map<string, GgufValue> {
-  const src = new ByteSource(buf);
+function parseMetadata(src: ByteSource): { metadata: Map<string, GgufValue>; tensorCount: number } {
   if (src.u32() !== GGUF_MAGIC) throw new Error("not a GGUF file");
   const version = src.u32();
   if (version !== 2 && version !== 3) throw new Error(`unsupported GGUF version ${version}`);
-  src.u64(); // tensor count
+  const tensorCount = src.len();
   const kvCount = src.len();
   const out = new Map<string, GgufValue>();
   const typeOf = (id: number) => {
@@ -526,7 +529,92 @@ function parseMetadata(buf: Buffer): Map<string, GgufValue> {
       out.set(key, { type, value: src.item(type) } as GgufValue);
     }
   }
-  return out;
+  return { metadata: out, tensorCount };
+}
+
+/** One row of a GGUF file's tensor table. */
+export interface GgufTensorInfo {
+  name: string;
+  /** Dimensions in GGUF order (ne[0] is the contiguous row length). */
+  ne: number[];
+  /** ggml_type id. */
+  type: number;
+  /** Byte offset of the data from the start of the file (the table's offset plus the data section's start). */
+  at: number;
+}
+
+export interface GgufHeader {
+  metadata: Map<string, GgufValue>;
+  tensors: GgufTensorInfo[];
+}
+
+function parseHeader(buf: Buffer): GgufHeader {
+  const src = new ByteSource(buf);
+  const { metadata, tensorCount } = parseMetadata(src);
+  const rows: { name: string; ne: number[]; type: number; offset: number }[] = [];
+  for (let i = 0; i < tensorCount; i++) {
+    const name = src.string();
+    const nDims = src.u32();
+    const ne: number[] = [];
+    for (let d = 0; d < nDims; d++) ne.push(src.len());
+    const type = src.u32();
+    rows.push({ name, ne, type, offset: src.len() });
+  }
+  const alignment = metadata.get("general.alignment");
+  const align = alignment?.type === "uint32" ? alignment.value : DEFAULT_ALIGNMENT;
+  // Offsets in the table are relative to the data section, which starts at the next aligned byte.
+  const dataAt = Math.ceil(src.position / align) * align;
+  return { metadata, tensors: rows.map(({ offset, ...row }) => ({ ...row, at: dataAt + offset })) };
+}
+
+/** Reads a bounded prefix of the file, doubling it until `parse` no longer runs out of bytes. */
+function readPrefix<T>(path: string, parse: (buf: Buffer) => T): T {
+  const fd = openSync(path, "r");
+  try {
+    for (let size = 1 << 20; ; size *= 2) {
+      const buf = Buffer.alloc(size);
+      const n = readSync(fd, buf, 0, size, 0);
+      try {
+        return parse(buf.subarray(0, n));
+      } catch (err) {
+        if (!(err instanceof NeedMoreBytes) || n < size) {
+          throw err instanceof NeedMoreBytes ? new Error(`${path}: truncated GGUF header`) : err;
+        }
+      }
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Reads a GGUF file's metadata and tensor table (not the tensor data), e.g. to copy some of its tensors into
+ * another file with `readGgufTensorData`.
+ */
+export function readGgufHeader(path: string): GgufHeader {
+  return readPrefix(path, parseHeader);
+}
+
+/** The encoded bytes of one tensor, for the types whose size this module knows (F32, F16, Q8_0). */
+export function readGgufTensorData(path: string, tensor: GgufTensorInfo): Buffer {
+  if (!Object.values(GgmlType).includes(tensor.type as GgmlType)) {
+    throw new Error(`tensor ${tensor.name}: ggml type ${tensor.type} is not supported (F32, F16, Q8_0 are)`);
+  }
+  const elements = tensor.ne.reduce((a, b) => a * b, 1);
+  const size = tensorByteSize(tensor.type as GgmlType, elements, tensor.ne[0]!);
+  const buf = Buffer.alloc(size);
+  const fd = openSync(path, "r");
+  try {
+    let done = 0;
+    while (done < size) {
+      const n = readSync(fd, buf, done, size - done, tensor.at + done);
+      if (n === 0) throw new Error(`${path}: tensor ${tensor.name} ends past the end of the file`);
+      done += n;
+    }
+    return buf;
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /**
@@ -534,20 +622,5 @@ function parseMetadata(buf: Buffer): Map<string, GgufValue> {
  * another file unchanged. Reads only as much of the file as the metadata needs.
  */
 export function readGgufMetadata(path: string): Map<string, GgufValue> {
-  const fd = openSync(path, "r");
-  try {
-    for (let size = 1 << 20; ; size *= 2) {
-      const buf = Buffer.alloc(size);
-      const n = readSync(fd, buf, 0, size, 0);
-      try {
-        return parseMetadata(buf.subarray(0, n));
-      } catch (err) {
-        if (!(err instanceof NeedMoreBytes) || n < size) {
-          throw err instanceof NeedMoreBytes ? new Error(`${path}: truncated GGUF metadata`) : err;
-        }
-      }
-    }
-  } finally {
-    closeSync(fd);
-  }
+  return readPrefix(path, (buf) => parseMetadata(new ByteSource(buf)).metadata);
 }
