@@ -5,22 +5,31 @@
  * - edge: a random-weight llama written by scripts/make-synthetic-model.ts (same vocabulary), whose steps
  *   cost tens of ms like a real ~0.5B quantized model on two cores: where a monolithic prefill blocks a
  *   cancel for seconds. Generated into bench/models/ (gitignored) the first time it is needed.
+ * - deep: "kjv-deep", the bundled model plus 12 cost-only blocks (scripts/gguf/makeDeepModel.ts, perturb 0.06):
+ *   ~10-16x the bundled model's decode cost, and the bundled model's greedy choice matches its own on ~81% of
+ *   tokens. A target for draft-model speculation with the bundled model as the draft; synthetic, not a trained
+ *   pair. Generated into bench/models/ like the edge model.
  *
  * Run directly to pick the thread count for a model on this machine (threads 1 and 2, alternated):
- *   node --import tsx bench/models.ts [bundled|edge] [--quick]
+ *   node --import tsx bench/models.ts [bundled|edge|deep] [--quick]
  */
 import { existsSync } from "node:fs";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { getLlama, type Llama, LlamaLogLevel, type LlamaModel, type Token } from "node-llama-cpp";
+import { DEEP_PRESET, makeDeepModel } from "../scripts/gguf/makeDeepModel.ts";
 import { makeSyntheticModel, PRESETS, type PresetName } from "../scripts/make-synthetic-model.ts";
 import { BUNDLED_MODEL_PATH } from "../src/engine/modelPath.ts";
 import { KJV } from "./corpus.ts";
 import { benchArgs, compare, describeMachine, machine, printTable } from "./harness.ts";
 
+/** The models every engine benchmark plans for. */
 export type BenchModelName = "bundled" | "edge";
+/** With the draft-model target, which bench/speculative.ts runs. */
+export type AnyBenchModelName = BenchModelName | "deep";
+const NAMES: readonly AnyBenchModelName[] = ["bundled", "edge", "deep"];
 
-export interface BenchModel {
-  name: BenchModelName;
+export interface BenchModel<Name extends AnyBenchModelName = BenchModelName> {
+  name: Name;
   path: string;
   /** llama.cpp threads, the same for Sluice and node-llama-cpp. */
   threads: number;
@@ -36,9 +45,11 @@ export interface BenchModel {
  * decoded at 34 ms/token on 1 thread and 303 ms/token on 2 (llama.cpp's spinning threads collapse when a
  * core is taken by someone else). On a quiet machine, try `--threads 2` for the edge model.
  */
-const SPECS: Record<BenchModelName, Omit<BenchModel, "path">> = {
+const SPECS: { [N in AnyBenchModelName]: Omit<BenchModel<N>, "path"> } = {
   bundled: { name: "bundled", threads: 1, longPrompt: 1536, contextSize: 2048 },
   edge: { name: "edge", threads: 1, longPrompt: 256, contextSize: 1024 },
+  // The bundled model's training context, which the deep model keeps.
+  deep: { name: "deep", threads: 1, longPrompt: 256, contextSize: 512 },
 };
 
 export function syntheticModelPath(preset: PresetName): string {
@@ -56,10 +67,38 @@ export function ensureSyntheticModel(preset: PresetName = "edge"): string {
   return path;
 }
 
+/** bench/models/kjv-deep.gguf, written first from the bundled model with the default shape when it is missing. */
+export function ensureDeepModel(): string {
+  const path = fileURLToPath(new URL("./models/kjv-deep.gguf", import.meta.url));
+  if (existsSync(path)) return path;
+  process.stdout.write(`writing ${path} (first run only) ... `);
+  const started = performance.now();
+  makeDeepModel({ ...DEEP_PRESET, out: path, from: BUNDLED_MODEL_PATH, seed: 1, name: "kjv-deep" });
+  process.stdout.write(`${((performance.now() - started) / 1000).toFixed(1)} s\n`);
+  return path;
+}
+
+/** bundled or edge, the models every engine benchmark plans for. */
 export function benchModel(name: string, threads?: number): BenchModel {
-  if (name !== "bundled" && name !== "edge") throw new Error(`unknown model "${name}" (bundled, edge)`);
-  const spec = SPECS[name];
-  const path = name === "bundled" ? BUNDLED_MODEL_PATH : ensureSyntheticModel("edge");
+  if (name !== "bundled" && name !== "edge") {
+    throw new Error(
+      `unknown model "${name}" (bundled, edge${name === "deep" ? "; deep is bench/speculative.ts's only" : ""})`,
+    );
+  }
+  return anyBenchModel(name, threads) as BenchModel;
+}
+
+/** Any of the models, the deep draft-model target included. */
+export function anyBenchModel(name: string, threads?: number): BenchModel<AnyBenchModelName> {
+  if (!NAMES.includes(name as AnyBenchModelName))
+    throw new Error(`unknown model "${name}" (${NAMES.join(", ")})`);
+  const spec = SPECS[name as AnyBenchModelName];
+  const path =
+    name === "bundled"
+      ? BUNDLED_MODEL_PATH
+      : name === "edge"
+        ? ensureSyntheticModel("edge")
+        : ensureDeepModel();
   return { ...spec, path, threads: threads ?? spec.threads };
 }
 
@@ -73,7 +112,7 @@ export interface LoadedModel {
 }
 
 /** node-llama-cpp the way its users set it up on a CPU box: no GPU, no build, explicit thread cap. */
-export async function loadModel(spec: BenchModel): Promise<LoadedModel> {
+export async function loadModel(spec: Pick<BenchModel, "path" | "threads">): Promise<LoadedModel> {
   const llama = await getLlama({
     gpu: false,
     build: "never",
@@ -100,7 +139,7 @@ export function withBos(loaded: LoadedModel, ids: readonly number[]): Token[] {
   return (loaded.bos === undefined ? [...ids] : [loaded.bos, ...ids]) as Token[];
 }
 
-async function measureThreads(spec: BenchModel, quick: boolean): Promise<void> {
+async function measureThreads(spec: BenchModel<AnyBenchModelName>, quick: boolean): Promise<void> {
   const loaded = await loadModel({ ...spec, threads: 2 });
   const prompt = withBos(loaded, loaded.tokenize(KJV).slice(0, quick ? 128 : 256));
   const decodeTokens = quick ? 16 : 48;
@@ -144,7 +183,7 @@ async function measureThreads(spec: BenchModel, quick: boolean): Promise<void> {
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const args = benchArgs();
   const name = process.argv.slice(2).find((a) => !a.startsWith("--")) ?? "edge";
-  const spec = benchModel(name);
+  const spec = anyBenchModel(name);
   console.log(`${describeMachine(await machine())}\nmodel ${spec.name}: ${spec.path}`);
   await measureThreads(spec, args.quick);
 }
