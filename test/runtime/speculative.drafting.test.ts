@@ -343,8 +343,8 @@ describe("options", () => {
 describe("a drafter whose guesses cost time (a draft model)", () => {
   /**
    * A drafter that always guesses right (it knows the script) and, like a draft model, computes its guesses
-   * in `prepare`, taking `prepareMs` per call that asks for any. Costs are simulated with timers, 40x apart
-   * (the target step 1 ms, drafting 40 ms), so machine load cannot turn the comparison around.
+   * in `prepare`, taking `prepareMs` per call that asks for any. Costs are simulated with timers, 80x apart
+   * (the target step 1 ms, drafting 80 ms), so machine load cannot turn the comparison around.
    */
   function oracle(script: readonly number[], prepareMs: number) {
     let prepares = 0;
@@ -368,19 +368,20 @@ describe("a drafter whose guesses cost time (a draft model)", () => {
   }
 
   test("its time counts in what drafts cost: a slow one stops drafting, a free one keeps going", async () => {
-    const script = Array.from({ length: 300 }, (_, i) => 400 + (i % 7));
+    const script = Array.from({ length: 700 }, (_, i) => 400 + (i % 7));
+    const tokens = 600;
     const drafted: Record<string, number> = {};
     for (const [name, prepareMs] of [
       ["free", 0],
-      ["slow", 40],
+      ["slow", 80],
     ] as const) {
       const { drafter, prepares } = oracle(script, prepareMs);
       const { runtime } = await scriptedRuntime(
-        { slots: 1, stepMs: () => 1, script: () => script },
+        { slots: 1, contextSize: 1024, stepMs: () => 1, script: () => script },
         { drafter, draftMax: 8 },
       );
-      await drain(runtime.generate({ prompt: [1, 2, 3], maxTokens: 240, ignoreEos: true }));
-      drafted[name] = runtime.stats.draftTokens / 240;
+      await drain(runtime.generate({ prompt: [1, 2, 3], maxTokens: tokens, ignoreEos: true }));
+      drafted[name] = runtime.stats.draftTokens / tokens;
       if (name === "slow") {
         // At length 0 its one-token probe comes every PROBE_EVERY steps, not every step.
         const steps = runtime.steps;
@@ -388,9 +389,10 @@ describe("a drafter whose guesses cost time (a draft model)", () => {
       }
       await runtime.close();
     }
-    // Right every time, a free drafter settles at draftMax (8 of every 9 tokens drafted) after its ramp-up.
+    // Right every time, a free drafter settles near draftMax (8 of every 9 tokens drafted: a loaded machine's
+    // slow steps lower it); the slow one drafts a small share, mostly while its cost is still being learned.
     const figures = `draft tokens per token: free ${drafted.free}, slow ${drafted.slow}`;
-    assert.ok(drafted.free! > 0.6, figures);
-    assert.ok(drafted.slow! < 0.25, figures);
+    assert.ok(drafted.free! > 0.4, figures);
+    assert.ok(drafted.slow! < drafted.free! / 3, figures);
   });
 });
