@@ -676,8 +676,9 @@ export class Runtime {
       this.#notify();
     }
     this.#closed ??= this.#loop.then(async () => {
-      await this.engine.close();
-      await this.#draftEngine?.close();
+      // Both engines are closed whatever either does; the target's failure is the one reported.
+      const [target] = await Promise.allSettled([this.engine.close(), this.#draftEngine?.close()]);
+      if (target.status === "rejected") throw target.reason;
     });
     return this.#closed;
   }
