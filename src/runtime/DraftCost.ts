@@ -3,6 +3,15 @@ const INITIAL = { fixed: 0, perToken: 0.3 };
 /** Weight of one step in the running estimates (about the last 20 steps count). */
 const WEIGHT = 0.05;
 /**
+ * The fit starts from `INITIAL` as if it had seen this many steps' worth of weight (`WEIGHT` each) of one item
+ * drafting 4 tokens at that cost, and drifts back to that prior between drafts. Without it the fit is a ratio
+ * of running sums, so its first drafting step decides it alone: one step slowed by another process (52 ms
+ * against a 12.5 ms plain step, measured on a loaded machine) priced drafts out for the next ~70 steps.
+ */
+const PRIOR_STEPS = 3;
+const PRIOR = priorMoments(INITIAL, PRIOR_STEPS * WEIGHT);
+
+/**
  * Per step without drafts, how far the estimates move back toward `INITIAL` (half-way in about 70 steps):
  * costs measured while the machine was busy would otherwise stop drafting for good, since only drafting
  * steps can show that drafts got cheaper again. A retry that finds them still costly puts the estimates back.
@@ -26,11 +35,11 @@ export class DraftCost {
   fixed = INITIAL.fixed;
   perToken = INITIAL.perToken;
   // Running (weighted) second moments of the fit: m = drafting items, d = draft tokens, y = excess decodes.
-  #mm = 0;
-  #md = 0;
-  #dd = 0;
-  #my = 0;
-  #dy = 0;
+  #mm = PRIOR.mm;
+  #md = PRIOR.md;
+  #dd = PRIOR.dd;
+  #my = PRIOR.my;
+  #dy = PRIOR.dy;
 
   /** The time of a step for one item drafting `k` tokens, in plain decodes (1 for k = 0). */
   costOf(k: number): number {
@@ -53,12 +62,13 @@ export class DraftCost {
         estimate === undefined ? sample : estimate + WEIGHT * (Math.min(sample, 1.5 * estimate) - estimate);
       this.fixed += RELAX * (INITIAL.fixed - this.fixed);
       this.perToken += RELAX * (INITIAL.perToken - this.perToken);
-      // The fit's history fades with it, so that the next drafting steps count more than the old ones.
-      this.#mm *= 1 - RELAX;
-      this.#md *= 1 - RELAX;
-      this.#dd *= 1 - RELAX;
-      this.#my *= 1 - RELAX;
-      this.#dy *= 1 - RELAX;
+      // The fit's history fades back to the prior with it, so that the next drafting steps count more than
+      // the old ones, and no single one of them decides alone.
+      this.#mm += RELAX * (PRIOR.mm - this.#mm);
+      this.#md += RELAX * (PRIOR.md - this.#md);
+      this.#dd += RELAX * (PRIOR.dd - this.#dd);
+      this.#my += RELAX * (PRIOR.my - this.#my);
+      this.#dy += RELAX * (PRIOR.dy - this.#dy);
       return;
     }
     if (this.perDecode === undefined) return;
@@ -85,4 +95,18 @@ export class DraftCost {
       this.fixed = Math.max(0, (this.#my - this.perToken * this.#md) / this.#mm);
     }
   }
+}
+
+/** The fit's moments for `weight` worth of steps of one item drafting 4 tokens at `cost`. */
+function priorMoments(cost: { fixed: number; perToken: number }, weight: number) {
+  const m = 1;
+  const d = 4;
+  const y = cost.fixed * m + cost.perToken * d;
+  return {
+    mm: weight * m * m,
+    md: weight * m * d,
+    dd: weight * d * d,
+    my: weight * m * y,
+    dy: weight * d * y,
+  };
 }
