@@ -4,7 +4,8 @@ import { createEngine } from "../../src/engine/createEngine.ts";
 import { BUNDLED_CHAT_MODEL_PATH, BUNDLED_MODEL_PATH } from "../../src/engine/modelPath.ts";
 import { ModelDrafter } from "../../src/runtime/ModelDrafter.ts";
 import { Runtime } from "../../src/runtime/Runtime.ts";
-import type { GenerationRequest, GenerationResult } from "../../src/types.ts";
+import type { GenerationRequest } from "../../src/types.ts";
+import { assertSameResult as same } from "../helpers/results.ts";
 
 // Real engines: the bundled model as the target and its chat fine-tune (the same vocabulary) as the draft
 // model, one thread each. Every request runs twice, drafted and not, concurrently with others; greedy
@@ -28,14 +29,6 @@ before(async () => {
   });
 });
 after(() => runtime.close());
-
-function same(a: GenerationResult, b: GenerationResult, what: string): void {
-  assert.deepEqual(a.tokenIds, b.tokenIds, what);
-  assert.equal(a.text, b.text, what);
-  assert.equal(a.reason, b.reason, what);
-  assert.equal(a.stop, b.stop, what);
-  assert.equal(a.usage.completionTokens, b.usage.completionTokens, what);
-}
 
 test("greedy: output with a draft model is plain output token for token, with stops, three at a time", async () => {
   const plain = await Promise.all(

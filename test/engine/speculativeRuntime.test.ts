@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { Runtime } from "../../src/runtime/Runtime.ts";
-import type { GenerationRequest, GenerationResult } from "../../src/types.ts";
+import type { GenerationRequest } from "../../src/types.ts";
+import { assertSameResult as same } from "../helpers/results.ts";
 
 // Real engine: the bundled model, one thread, prompt lookup on. Every request runs twice, speculative and
 // not, concurrently with others; greedy output must be the same token for token, stops included.
@@ -26,14 +27,6 @@ before(async () => {
   runtime = await Runtime.create({ slots: 4, threads: 1, contextSize: 1024, drafter: "prompt-lookup" });
 });
 after(() => runtime.close());
-
-function same(a: GenerationResult, b: GenerationResult, what: string): void {
-  assert.deepEqual(a.tokenIds, b.tokenIds, what);
-  assert.equal(a.text, b.text, what);
-  assert.equal(a.reason, b.reason, what);
-  assert.equal(a.stop, b.stop, what);
-  assert.equal(a.usage.completionTokens, b.usage.completionTokens, what);
-}
 
 test("greedy: speculative output is plain output token for token, with stops, four at a time", async () => {
   const plain = await Promise.all(
