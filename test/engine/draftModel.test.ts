@@ -5,7 +5,7 @@ import { BUNDLED_CHAT_MODEL_PATH, BUNDLED_MODEL_PATH } from "../../src/engine/mo
 import { ModelDrafter } from "../../src/runtime/ModelDrafter.ts";
 import { Runtime } from "../../src/runtime/Runtime.ts";
 import type { GenerationRequest } from "../../src/types.ts";
-import { assertSameResult as same } from "../helpers/results.ts";
+import { assertSpeculativeMatchesPlain, assertSameResult as same } from "../helpers/results.ts";
 
 // Real engines: the bundled model as the target and its chat fine-tune (the same vocabulary) as the draft
 // model, one thread each. Every request runs twice, drafted and not, concurrently with others; greedy
@@ -48,16 +48,7 @@ test("greedy: output with a draft model is plain output token for token, with st
     }
     requests.push({ request: { prompt, maxTokens: 29, streamInterval: 3 }, what: `#${i} maxTokens 29` });
   }
-  const results = await Promise.all(
-    requests.map(async ({ request }) => {
-      const [spec, ref] = await Promise.all([
-        runtime.generate(request).result,
-        runtime.generate({ ...request, speculative: false }).result,
-      ]);
-      return { spec, ref };
-    }),
-  );
-  for (const [i, { spec, ref }] of results.entries()) same(spec, ref, requests[i]!.what);
+  await assertSpeculativeMatchesPlain(runtime, requests);
   // The fine-tune agrees with its base model often enough that drafts were sent and accepted.
   assert.ok(runtime.stats.draftTokens - drafted > 0, "drafted");
   assert.ok(runtime.stats.draftTokensAccepted - accepted > 0, "accepted");

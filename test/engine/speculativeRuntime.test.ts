@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { Runtime } from "../../src/runtime/Runtime.ts";
 import type { GenerationRequest } from "../../src/types.ts";
-import { assertSameResult as same } from "../helpers/results.ts";
+import { assertSpeculativeMatchesPlain, assertSameResult as same } from "../helpers/results.ts";
 
 // Real engine: the bundled model, one thread, prompt lookup on. Every request runs twice, speculative and
 // not, concurrently with others; greedy output must be the same token for token, stops included.
@@ -50,16 +50,7 @@ test("greedy: speculative output is plain output token for token, with stops, fo
     });
     requests.push({ request: { prompt, maxTokens: 37, streamInterval: 3 }, what: `#${i} maxTokens 37` });
   }
-  const results = await Promise.all(
-    requests.map(async ({ request }) => {
-      const [spec, ref] = await Promise.all([
-        runtime.generate(request).result,
-        runtime.generate({ ...request, speculative: false }).result,
-      ]);
-      return { spec, ref };
-    }),
-  );
-  for (const [i, { spec, ref }] of results.entries()) same(spec, ref, requests[i]!.what);
+  await assertSpeculativeMatchesPlain(runtime, requests);
   // Prompt lookup found drafts on these prompts, and most were right.
   const sent = runtime.stats.draftTokens - drafted;
   assert.ok(sent > 50, `${sent} draft tokens`);
