@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { Template } from "@huggingface/jinja";
+import fc from "fast-check";
 import {
   type ChatTemplate,
   type ChatTokenizer,
@@ -262,6 +263,87 @@ describe("jinjaChatTemplate", () => {
     ]);
     assert.deepEqual(stop, ["### user:"]);
     assert.deepEqual(stopTokenIds, [EOS]);
+  });
+});
+
+describe("jinjaChatTemplate: texts already tokenized are looked up", () => {
+  /** The fake tokenizer, counting how often it is asked for each text. */
+  function countingTokenizer(): { tokenizer: ChatTokenizer; asked: Map<string, number> } {
+    const inner = fakeTokenizer();
+    const asked = new Map<string, number>();
+    return {
+      asked,
+      tokenizer: {
+        ...inner,
+        tokenize(text, options) {
+          asked.set(text, (asked.get(text) ?? 0) + 1);
+          return inner.tokenize(text, options);
+        },
+      },
+    };
+  }
+
+  test("the next turn of a chat asks the tokenizer only for its new text", () => {
+    const { tokenizer, asked } = countingTokenizer();
+    const template = jinjaChatTemplate(CHATML, tokenizer);
+    const turns: ChatTurn[] = [
+      { role: "system", content: "Answer from the King James Bible." },
+      { role: "user", content: "Who built the ark?" },
+    ];
+    template.render(turns);
+    asked.clear();
+    turns.push({ role: "assistant", content: "Noah." }, { role: "user", content: "How long did it rain?" });
+    const { tokens } = template.render(turns);
+    assert.equal(
+      asked.get("Answer from the King James Bible."),
+      undefined,
+      "an earlier message is looked up",
+    );
+    assert.equal(asked.get("Who built the ark?"), undefined);
+    assert.equal(asked.get("How long did it rain?"), 1, "the new message is tokenized once");
+    assert.equal(
+      decode(tokens),
+      "<|im_start|>system\nAnswer from the King James Bible.<|im_end|>\n<|im_start|>user\nWho built the ark?<|im_end|>\n<|im_start|>assistant\nNoah.<|im_end|>\n<|im_start|>user\nHow long did it rain?<|im_end|>\n<|im_start|>assistant\n",
+    );
+    tokens.length = 0;
+    assert.notEqual(
+      template.render(turns).tokens.length,
+      0,
+      "a caller's changes to its ids reach no other caller",
+    );
+  });
+
+  test("property: a template that has rendered other chats renders any chat as a fresh one does", () => {
+    // Texts from a small alphabet that includes control-token text, so the same text often comes back as
+    // markup (special) and as message text (plain), which tokenize differently.
+    const text = fc
+      .array(fc.constantFrom("a", "b", " ", "\n", "<|im_end|>", "<|im_start|>", "<s>", "é"), { maxLength: 6 })
+      .map((parts) => parts.join(""));
+    // A name is markup, checked by tokenizing it both ways: it is refused when it holds control-token text.
+    const turn = fc.record(
+      { role: fc.constantFrom("system", "user", "assistant"), content: text, name: text },
+      { requiredKeys: ["role", "content"] },
+    );
+    const chats = fc.array(fc.array(turn, { minLength: 1, maxLength: 5 }), { minLength: 1, maxLength: 6 });
+    const outcome = (template: ChatTemplate, turns: ChatTurn[]) => {
+      try {
+        return template.render(turns).tokens;
+      } catch (error) {
+        return (error as Error).message;
+      }
+    };
+    fc.assert(
+      fc.property(chats, (list) => {
+        const shared = jinjaChatTemplate(CHATML, fakeTokenizer());
+        for (const turns of list as ChatTurn[][]) {
+          assert.deepEqual(
+            outcome(shared, turns),
+            outcome(jinjaChatTemplate(CHATML, fakeTokenizer()), turns),
+          );
+        }
+      }),
+      { numRuns: 200 },
+    );
   });
 });
 
