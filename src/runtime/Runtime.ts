@@ -115,6 +115,8 @@ export class Runtime {
       draftCost: this.#draftCost,
       // A fixed chunk smaller than the engine's minimum is the caller's choice: it is kept.
       minChunk: Math.max(1, Math.min(fixed || Number.POSITIVE_INFINITY, engine.info.minPromptChunk ?? 1)),
+      // Time-sized chunks are a ceiling: a prompt is spread evenly over the steps it needs.
+      evenChunks: fixed === 0,
     };
     this.#sizer =
       fixed > 0

@@ -17,6 +17,23 @@ export interface StepBudget {
   minChunk: number;
   /** What verifying drafts costs on the engine, which sets how long drafts are. */
   draftCost: DraftCost;
+  /**
+   * `prefillChunk` is a ceiling (a time budget), not a size: a prompt is read in as many chunks as the ceiling
+   * needs, of (nearly) equal size, so no step reads a short tail it pays a whole step's fixed cost for, and the
+   * longest step is as short as that count allows. Defaults to false: chunks of exactly `prefillChunk` (the
+   * `prefillChunkSize` option).
+   */
+  evenChunks?: boolean;
+}
+
+/**
+ * What a prompt with `remaining` tokens to read takes now when it may take at most `ceiling`: all of it when it
+ * fits, else an equal share over the fewest chunks of at most `ceiling` (ceil(remaining / chunks)).
+ * 325 tokens under a ceiling of 49: 7 chunks of 47 or 46 rather than 6 of 49 and one of 31.
+ */
+export function evenChunk(remaining: number, ceiling: number): number {
+  if (remaining <= ceiling) return remaining;
+  return Math.ceil(remaining / Math.ceil(remaining / ceiling));
 }
 
 /**
@@ -83,8 +100,10 @@ export function planStep(running: readonly RequestState[], budget: StepBudget): 
     if (left <= 0 || prefillLeft <= 0) break;
     const prompt = state.request.promptTokens;
     const remaining = prompt.length - state.prefilled;
-    let take = Math.min(budget.prefillChunk, prefillLeft, left, remaining);
     const min = budget.minChunk;
+    const even = budget.evenChunks === true ? evenChunk(remaining, budget.prefillChunk) : budget.prefillChunk;
+    // An equal share below the minimum chunk would be a sliver: the ceiling itself is read then.
+    let take = Math.min(even >= min ? even : budget.prefillChunk, prefillLeft, left, remaining);
     if (take < remaining && remaining - take < min) {
       // The tail would be a sliver: read it now if the step has room, else leave a whole minimum for later.
       if (remaining <= left) take = remaining;

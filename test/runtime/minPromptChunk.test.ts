@@ -24,7 +24,8 @@ describe("minPromptChunk: no slivers of prompt", () => {
         fc.integer({ min: 1, max: 300 }),
         fc.integer({ min: 1, max: 600 }),
         fc.integer({ min: 16, max: 512 }),
-        (prompts, decoding, min, chunk, budget, maxStepTokens) => {
+        fc.boolean(),
+        (prompts, decoding, min, chunk, budget, maxStepTokens, evenChunks) => {
           const states = [
             ...Array.from({ length: decoding }, (_, slot) => ({
               slot,
@@ -46,6 +47,7 @@ describe("minPromptChunk: no slivers of prompt", () => {
             maxStepTokens,
             draftCost: new DraftCost(),
             minChunk: min,
+            evenChunks,
           });
           assert.ok(planned.reduce((n, p) => n + p.item.tokens.length, 0) <= maxStepTokens);
           const reads = planned.filter((p) => p.state.phase === "prefill");
