@@ -246,6 +246,8 @@ export interface SluiceServer extends ServerProcess {
 /**
  * Starts `sluice serve` from this checkout as a child process on a free loopback port, like llama-server, so
  * neither side shares an event loop or cores with the benchmark's client, and waits until it is ready.
+ * `SLUICE_BENCH_ARGS` adds flags to every Sluice server a benchmark starts (for example `--flash-attn on`, to
+ * match llama-server's default), as `SLUICE_BENCH_LLAMA_ARGS` does for llama-server.
  */
 export async function startSluiceServer(options: SluiceServerOptions): Promise<SluiceServer> {
   const port = await freePort();
@@ -263,6 +265,7 @@ export async function startSluiceServer(options: SluiceServerOptions): Promise<S
     "--context-size",
     String(options.contextPerSlot),
     ...(options.extraArgs ?? []),
+    ...(process.env.SLUICE_BENCH_ARGS?.split(/\s+/).filter(Boolean) ?? []),
   ];
   const server = await spawnServer({
     command: process.execPath,
