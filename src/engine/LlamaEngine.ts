@@ -193,6 +193,11 @@ export class LlamaEngine implements Engine {
   readonly #jsonGrammar: string;
   /** Compiled grammars by GBNF text, most recently used last (compiling parses the text). */
   readonly #grammars = new Map<string, LlamaGrammar>();
+  /**
+   * Steps not yet settled. `close` waits for them before it disposes what they use: a slot's samplers, the
+   * context's logits (a plain item has no generator whose `return()` would wait for its step).
+   */
+  readonly #inFlight = new Set<Promise<StepOutcome[]>>();
   #closed = false;
 
   private constructor(
@@ -361,10 +366,16 @@ export class LlamaEngine implements Engine {
 
   step(items: readonly StepItem[]): Promise<StepOutcome[]> {
     if (this.#closed) return Promise.reject(new SluiceError("engine_failed", "The engine is closed."));
-    // The common case: every item plain, one batch built and decoded here.
-    if (this.#direct && items.every((item) => this.#plain(item))) return this.#decodeDirect(items);
-    // Issued in one synchronous pass so node-llama-cpp gathers every item into one llama_decode.
-    return Promise.all(items.map((item) => this.#run(item)));
+    const step =
+      // The common case: every item plain, one batch built and decoded here.
+      this.#direct && items.every((item) => this.#plain(item))
+        ? this.#decodeDirect(items)
+        : // Issued in one synchronous pass so node-llama-cpp gathers every item into one llama_decode.
+          Promise.all(items.map((item) => this.#run(item)));
+    this.#inFlight.add(step);
+    const settled = () => this.#inFlight.delete(step);
+    step.then(settled, settled);
+    return step;
   }
 
   /**
@@ -454,7 +465,8 @@ export class LlamaEngine implements Engine {
       );
     }
     // As node-llama-cpp's dispatcher decodes (3.22.1): the context's threads reserved for the decode (shared with
-    // other contexts of this Llama, released shortly after), and its backend kept from disposal meanwhile.
+    // other contexts of this Llama, released shortly after), and its backend kept from disposal meanwhile,
+    // sampling included (the samples read the context's logits, as its own awaited samplings do).
     context._reserveThreads();
     try {
       const guard = context._backendContextDisposeGuard.createPreventDisposalHandle();
@@ -467,31 +479,31 @@ export class LlamaEngine implements Engine {
         } finally {
           handle?.dispose();
         }
+        for (const { sequence, input } of batch) {
+          sequence._nextTokenIndex += input.length;
+          sequence._contextTokens = sequence._contextTokens.concat(input);
+        }
+        // Sampled before the lock is let go: the next decode overwrites the logits.
+        await Promise.all(
+          batch.map(async (entry) => {
+            const { item, start, logits } = entry;
+            if (item.sample === undefined || logits === undefined) return;
+            const first = item.tokens.length - 1;
+            const samplers = this.#verifiers(item.slot, logits.length);
+            const sample = item.sample;
+            entry.sampled = Array.from(logits, (batchLogitIndex, j) =>
+              this.#sampleAt(samplers[j]!, sample, batchLogitIndex, start + first + j),
+            );
+            // A failed position fails its item only (`#accept`), not the step.
+            await Promise.allSettled(entry.sampled);
+          }),
+        );
       } finally {
         guard.dispose();
       }
     } finally {
       context._scheduleToFreeReservedThreads();
     }
-    for (const { sequence, input } of batch) {
-      sequence._nextTokenIndex += input.length;
-      sequence._contextTokens = sequence._contextTokens.concat(input);
-    }
-    // Sampled before the lock is let go: the next decode overwrites the logits.
-    await Promise.all(
-      batch.map(async (entry) => {
-        const { item, start, logits } = entry;
-        if (item.sample === undefined || logits === undefined) return;
-        const first = item.tokens.length - 1;
-        const samplers = this.#verifiers(item.slot, logits.length);
-        const sample = item.sample;
-        entry.sampled = Array.from(logits, (batchLogitIndex, j) =>
-          this.#sampleAt(samplers[j]!, sample, batchLogitIndex, start + first + j),
-        );
-        // A failed position fails its item only (`#accept`), not the step.
-        await Promise.allSettled(entry.sampled);
-      }),
-    );
   }
 
   async #run(item: StepItem): Promise<StepOutcome> {
@@ -803,6 +815,8 @@ export class LlamaEngine implements Engine {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    // A step in flight finishes first: its samplers and the logits it samples from are disposed below.
+    await Promise.allSettled(this.#inFlight);
     await Promise.allSettled(this.#generators.map((g) => g?.return()));
     for (const sampler of this.#verifierPool.flat()) sampler?.dispose();
     await this.#context.dispose().catch(() => {});
