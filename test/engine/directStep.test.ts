@@ -77,7 +77,7 @@ test("requests that need node-llama-cpp's evaluation and plain ones take turns o
   const first = await Promise.all(kinds.map((request) => runtime.generate(request).result));
   for (let round = 0; round < 2; round++) {
     const again = await Promise.all([...kinds].reverse().map((request) => runtime.generate(request).result));
-    again.reverse().forEach((result, i) => same(result, first[i]!, `kind ${i}, round ${round}`));
+    for (const [i, result] of again.reverse().entries()) same(result, first[i]!, `kind ${i}, round ${round}`);
   }
   assert.match(first[3]!.text, /^[a-z ]+\.?$/);
 });
