@@ -1,8 +1,8 @@
 import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import { availableParallelism } from "node:os";
 import { basename } from "node:path";
-import { fileURLToPath } from "node:url";
-import { withLock } from "lifecycle-utils";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import {
   type CustomBatchingPrioritizationStrategy,
   getLlama,
@@ -425,6 +425,7 @@ export class LlamaEngine implements Engine {
     });
     if (batch.length > 0) {
       try {
+        const withLock = await nodeLlamaCppWithLock();
         await withLock([this.#context, "context"], () => this.#decodeBatch(batch, size));
       } catch (error) {
         for (const { index } of batch) outcomes[index] = { ok: false, error };
@@ -651,7 +652,11 @@ export class LlamaEngine implements Engine {
     while (accepted < drafted.length && sampled[accepted] === drafted[accepted]) accepted++;
     const token = sampled[accepted];
     if (typeof token !== "number" || token < 0) {
-      throw new SluiceError("engine_error", "The engine sampled no token.");
+      // A failed sampling left its cause (`deliverSamplingErrors`): said, and cleared for the next failure.
+      const failure = samplingError(new Error("Failed to sample next token"));
+      throw failure instanceof SluiceError
+        ? failure
+        : new SluiceError("engine_error", "The engine sampled no token.");
     }
     // Rejected positions leave the KV cache before the step resolves: the next step starts from exact state.
     const cut = drafted.length - accepted;
@@ -889,6 +894,27 @@ function finiteJsonGrammar(gbnf: string): string {
       return line;
     })
     .join("\n");
+}
+
+/** lifecycle-utils' `withLock`, as node-llama-cpp uses it to keep decodes of one context apart. */
+type WithLock = <T>(scope: readonly unknown[], callback: () => Promise<T>) => Promise<T>;
+
+let withLockOfNodeLlamaCpp: Promise<WithLock> | undefined;
+
+/**
+ * node-llama-cpp's own `withLock` (lifecycle-utils, resolved from node-llama-cpp's location, not this
+ * package's): its lock table lives in the module, so only the copy node-llama-cpp loads keeps a direct step
+ * and node-llama-cpp's own decodes of the same context apart, whatever copies an install has.
+ */
+function nodeLlamaCppWithLock(): Promise<WithLock> {
+  withLockOfNodeLlamaCpp ??= (async () => {
+    const from = createRequire(fileURLToPath(import.meta.resolve("node-llama-cpp")));
+    const module = (await import(pathToFileURL(from.resolve("lifecycle-utils")).href)) as {
+      withLock: WithLock;
+    };
+    return module.withLock;
+  })();
+  return withLockOfNodeLlamaCpp;
 }
 
 /** An item's draft when it has none. */
