@@ -45,6 +45,29 @@ export const GREEDY: SamplerConfig = Object.freeze({
   logprobs: undefined,
 });
 
+/** Whether a sampler applies a repeat, presence or frequency penalty (over a window of at least one token). */
+export function hasPenalties(sample: SamplerConfig): boolean {
+  return (
+    sample.repeatLastN !== 0 &&
+    (sample.repeatPenalty !== 1 || sample.presencePenalty !== 0 || sample.frequencyPenalty !== 0)
+  );
+}
+
+/**
+ * Whether a sampler is llama.cpp's sampler chain alone (temperature, top-k, top-p, min-p, seed): no grammar,
+ * log-probabilities, biases, banned tokens or penalties. Only such requests speculate, and an engine may sample
+ * them on its fast path.
+ */
+export function isPlainSampler(sample: SamplerConfig): boolean {
+  return (
+    sample.grammar === undefined &&
+    sample.logprobs === undefined &&
+    sample.logitBias === undefined &&
+    sample.suppress === undefined &&
+    !hasPenalties(sample)
+  );
+}
+
 /**
  * One slot's share of a step. `sample` undefined: a prefill chunk (tokens go into the KV cache, nothing is
  * sampled). `sample` set: feed `tokens` (the last prompt chunk, or the previously sampled token) and sample

@@ -25,7 +25,16 @@ import { abortSignal, callback, integer, parseOptions } from "../parseOptions.ts
 import type { GrammarSpec, TokenLogprob } from "../types.ts";
 import { type ChatTemplate, llamaChatTemplate } from "./ChatTemplate.ts";
 import { checkGguf } from "./checkGguf.ts";
-import type { Engine, EngineBackend, EngineInfo, SamplerConfig, StepItem, StepOutcome } from "./Engine.ts";
+import {
+  type Engine,
+  type EngineBackend,
+  type EngineInfo,
+  hasPenalties,
+  isPlainSampler,
+  type SamplerConfig,
+  type StepItem,
+  type StepOutcome,
+} from "./Engine.ts";
 import { checkGbnf } from "./gbnfCheck.ts";
 import { toGrammarSchema } from "./jsonSchemaSubset.ts";
 import { BUNDLED_MODEL_PATH } from "./modelPath.ts";
@@ -380,13 +389,13 @@ export class LlamaEngine implements Engine {
 
   /**
    * Whether an item needs nothing of node-llama-cpp's evaluation beyond a decode and llama.cpp's sampler chain:
-   * it reads prompt tokens, or samples with a plain sampler (`plainSampler`) on a slot without a generator.
+   * it reads prompt tokens, or samples with a plain sampler (`isPlainSampler`) on a slot without a generator.
    * Plain sampling items always take the verification path (`#verify`, `#decodeDirect`), never a generator,
    * so that a request's tokens do not depend on which path a step took.
    */
   #plain(item: StepItem): boolean {
     if (item.sample === undefined) return true;
-    return this.#generators[item.slot] === undefined && plainSampler(item.sample);
+    return this.#generators[item.slot] === undefined && isPlainSampler(item.sample);
   }
 
   /**
@@ -718,10 +727,7 @@ export class LlamaEngine implements Engine {
       const bias = tokenBiasOf(this.#model, sample, sampling);
       if (bias !== undefined) options.tokenBias = bias;
     }
-    const penalties =
-      sample.repeatLastN !== 0 &&
-      (sample.repeatPenalty !== 1 || sample.presencePenalty !== 0 || sample.frequencyPenalty !== 0);
-    if (penalties) {
+    if (hasPenalties(sample)) {
       const lastN = sample.repeatLastN;
       options.repeatPenalty = {
         // The window over the slot's context (prompt and generated), llama.cpp's `repeat_last_n`.
@@ -978,23 +984,6 @@ interface DirectItem {
   /** The batch's logit indexes of its sampling positions. */
   logits?: Uint32Array;
   sampled: Promise<number>[];
-}
-
-/**
- * Whether a sampler needs nothing but llama.cpp's sampler chain (temperature, top-k, top-p, min-p, seed): no
- * grammar, log-probabilities, biases, banned tokens or penalties, which only node-llama-cpp's evaluation applies.
- */
-function plainSampler(sample: SamplerConfig): boolean {
-  const penalties =
-    sample.repeatLastN !== 0 &&
-    (sample.repeatPenalty !== 1 || sample.presencePenalty !== 0 || sample.frequencyPenalty !== 0);
-  return (
-    sample.grammar === undefined &&
-    sample.logprobs === undefined &&
-    sample.logitBias === undefined &&
-    sample.suppress === undefined &&
-    !penalties
-  );
 }
 
 interface InternalSampler {

@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import type { EngineInfo, SamplerConfig } from "../engine/Engine.ts";
+import { type EngineInfo, isPlainSampler, type SamplerConfig } from "../engine/Engine.ts";
 import { SluiceError } from "../errors.ts";
 import type { GenerationRequest, GrammarSpec } from "../types.ts";
 
@@ -253,14 +253,22 @@ export function validateStreamingSubmission(
           count: minTokens,
         }
       : undefined;
-  const speculative = speculativeOf(request, limits, {
-    plain:
-      grammar === undefined &&
-      logprobs === undefined &&
-      logitBias === undefined &&
-      suppress === undefined &&
-      (repeatLastN === 0 || (repeatPenalty === 1 && presencePenalty === 0 && frequencyPenalty === 0)),
-  });
+  const sampler: SamplerConfig = {
+    temperature,
+    topK,
+    topP,
+    minP,
+    seed,
+    repeatPenalty,
+    repeatLastN,
+    presencePenalty,
+    frequencyPenalty,
+    logitBias,
+    suppress,
+    grammar,
+    logprobs,
+  };
+  const speculative = speculativeOf(request, limits, { plain: isPlainSampler(sampler) });
   const streamInterval = Math.max(
     1,
     Math.floor(optionalNumber(request, "streamInterval", 1, (v) => v > 0, "a number >= 1")),
@@ -272,21 +280,7 @@ export function validateStreamingSubmission(
     maxTokens,
     stop: [...stop],
     stopTokenIds: [...stopTokenIds],
-    sampler: {
-      temperature,
-      topK,
-      topP,
-      minP,
-      seed,
-      repeatPenalty,
-      repeatLastN,
-      presencePenalty,
-      frequencyPenalty,
-      logitBias,
-      suppress,
-      grammar,
-      logprobs,
-    },
+    sampler,
     minTokens,
     streamInterval,
     skipSpecialTokens: optionalBoolean(request, "skipSpecialTokens", true),

@@ -3,10 +3,11 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { getLlama, type Llama, LlamaLogLevel, type LlamaModel, type Token } from "node-llama-cpp";
+import type { Llama, LlamaModel, Token } from "node-llama-cpp";
 import { readGgufHeader, readGgufMetadata, readGgufTensorData } from "../../scripts/gguf/GgufWriter.ts";
 import { makeDeepModel } from "../../scripts/gguf/makeDeepModel.ts";
 import { DEFAULT_TOKENIZER_SOURCE, measureAgreement } from "../../scripts/make-synthetic-model.ts";
+import { testLlama } from "../helpers/llama.ts";
 
 const PROMPTS = ["In the beginning", "And God said, Let there be", "The LORD is my shepherd"];
 const TOKENS = 24;
@@ -34,13 +35,7 @@ describe("deep model", () => {
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), "sluice-deep-"));
-    llama = await getLlama({
-      gpu: false,
-      build: "never",
-      skipDownload: true,
-      maxThreads: 1,
-      logLevel: LlamaLogLevel.error,
-    });
+    llama = await testLlama();
     source = await llama.loadModel({ modelPath: DEFAULT_TOKENIZER_SOURCE });
   });
 

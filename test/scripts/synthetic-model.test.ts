@@ -4,7 +4,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { getLlama, type Llama, LlamaLogLevel, type LlamaModel, readGgufFileInfo } from "node-llama-cpp";
+import { type Llama, type LlamaModel, readGgufFileInfo } from "node-llama-cpp";
 import { float32ToFloat16Bits, readGgufMetadata } from "../../scripts/gguf/GgufWriter.ts";
 import {
   checkModel,
@@ -12,6 +12,7 @@ import {
   makeSyntheticModel,
   type SyntheticModelShape,
 } from "../../scripts/make-synthetic-model.ts";
+import { testLlama } from "../helpers/llama.ts";
 
 const TINY: SyntheticModelShape = {
   embd: 64,
@@ -36,13 +37,7 @@ describe("synthetic model", () => {
     dir = await mkdtemp(join(tmpdir(), "sluice-synthetic-"));
     path = join(dir, "tiny.gguf");
     makeSyntheticModel({ ...TINY, out: path, seed: 7, name: "synthetic-test" });
-    llama = await getLlama({
-      gpu: false,
-      build: "never",
-      skipDownload: true,
-      maxThreads: 1,
-      logLevel: LlamaLogLevel.error,
-    });
+    llama = await testLlama();
     model = await llama.loadModel({ modelPath: path });
     bundled = await llama.loadModel({ modelPath: DEFAULT_TOKENIZER_SOURCE, vocabOnly: true });
   });
